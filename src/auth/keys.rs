@@ -1,0 +1,309 @@
+//! Per-issuer verification keys. A key knows which algorithms it can serve
+//! (its family, and for EC its curve), so a token can never choose an
+//! algorithm its key was not made for: HMAC with an RSA key's bytes
+//! (algorithm confusion) is impossible by construction, and `check` rejects a
+//! config whose pinned algorithm no key can serve.
+
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use std::str::FromStr;
+
+/// A small set of JWS algorithms (bitmask): copied by value on the hot path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlgSet(u16);
+
+/// Every algorithm authgate verifies, in a fixed order (the bit index).
+pub const ALL_ALGS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+fn bit(alg: Algorithm) -> u16 {
+    let i = ALL_ALGS.iter().position(|a| *a == alg).unwrap_or(15);
+    1u16 << i
+}
+
+impl AlgSet {
+    pub const HMAC: AlgSet = AlgSet(0b111);
+    pub const RSA: AlgSet = AlgSet(0b111_111_000);
+    pub const ES256: AlgSet = AlgSet(1 << 9);
+    pub const ES384: AlgSet = AlgSet(1 << 10);
+    pub const ED: AlgSet = AlgSet(1 << 11);
+
+    /// The set holding just `alg`.
+    pub fn of(alg: Algorithm) -> Self {
+        AlgSet(bit(alg))
+    }
+    pub fn insert(&mut self, alg: Algorithm) {
+        self.0 |= bit(alg);
+    }
+    pub fn contains(self, alg: Algorithm) -> bool {
+        self.0 & bit(alg) != 0
+    }
+    pub fn intersect(self, other: AlgSet) -> AlgSet {
+        AlgSet(self.0 & other.0)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The algorithms in the set, in [`ALL_ALGS`] order.
+    pub fn iter(self) -> impl Iterator<Item = Algorithm> {
+        ALL_ALGS.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+/// Parses a JWS `alg` name exactly as the RFC spells it; `none` and unknown
+/// names are `None` (the caller decides how to report it).
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    match name {
+        "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512"
+        | "ES256" | "ES384" | "EdDSA" => Algorithm::from_str(name).ok(),
+        _ => None,
+    }
+}
+
+/// One verification key with the algorithms it may verify.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    pub algs: AlgSet,
+}
+
+/// An issuer's keys.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerifyKey>,
+}
+
+/// Why a key source could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM file")]
+    NotPem,
+    #[error("unsupported key type in PEM (expected an RSA, EC P-256/P-384 or Ed25519 public key)")]
+    UnsupportedPem,
+    #[error("invalid key: {0}")]
+    Invalid(String),
+    #[error("invalid JWKS: {0}")]
+    Jwks(String),
+    #[error("JWKS holds no usable key")]
+    EmptyJwks,
+}
+
+/// The kind of asymmetric key a PEM holds, found by its algorithm OID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl PemKind {
+    /// The algorithms a key of this kind can serve.
+    pub fn algs(self) -> AlgSet {
+        match self {
+            PemKind::Rsa => AlgSet::RSA,
+            PemKind::EcP256 => AlgSet::ES256,
+            PemKind::EcP384 => AlgSet::ES384,
+            PemKind::Ed25519 => AlgSet::ED,
+        }
+    }
+}
+
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Reads the kind of key in a PEM document (public or private, PKCS#8,
+/// SPKI, PKCS#1 or SEC1) from its label and algorithm identifier.
+pub fn pem_kind(pem: &[u8]) -> Result<PemKind, KeyError> {
+    let text = std::str::from_utf8(pem).map_err(|_| KeyError::NotPem)?;
+    let mut label = None;
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(l) = line.strip_prefix("-----BEGIN ") {
+            label = Some(l.trim_end_matches('-').to_string());
+            inside = true;
+        } else if line.starts_with("-----END ") {
+            break;
+        } else if inside {
+            body.push_str(line);
+        }
+    }
+    let label = label.ok_or(KeyError::NotPem)?;
+    if label == "RSA PUBLIC KEY" || label == "RSA PRIVATE KEY" {
+        return Ok(PemKind::Rsa);
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|_| KeyError::NotPem)?;
+    // The algorithm identifier sits near the start of SPKI / PKCS#8.
+    let head = &der[..der.len().min(40)];
+    if contains(head, OID_ED25519) {
+        Ok(PemKind::Ed25519)
+    } else if contains(head, OID_RSA) {
+        Ok(PemKind::Rsa)
+    } else if contains(&der, OID_P256) {
+        Ok(PemKind::EcP256)
+    } else if contains(&der, OID_P384) {
+        Ok(PemKind::EcP384)
+    } else {
+        Err(KeyError::UnsupportedPem)
+    }
+}
+
+/// A public key from a PEM file.
+pub fn public_key_from_pem(pem: &[u8]) -> Result<VerifyKey, KeyError> {
+    let kind = pem_kind(pem)?;
+    let key = match kind {
+        PemKind::Rsa => DecodingKey::from_rsa_pem(pem),
+        PemKind::EcP256 | PemKind::EcP384 => DecodingKey::from_ec_pem(pem),
+        PemKind::Ed25519 => DecodingKey::from_ed_pem(pem),
+    }
+    .map_err(|e| KeyError::Invalid(e.to_string()))?;
+    Ok(VerifyKey {
+        kid: None,
+        key,
+        algs: kind.algs(),
+    })
+}
+
+/// A signing key for `authgate token`, checked against the algorithm.
+pub fn signing_key_from_pem(pem: &[u8], alg: Algorithm) -> Result<EncodingKey, KeyError> {
+    let kind = pem_kind(pem)?;
+    if !kind.algs().contains(alg) {
+        return Err(KeyError::Invalid(format!(
+            "a {kind:?} key cannot sign {alg:?}"
+        )));
+    }
+    match kind {
+        PemKind::Rsa => EncodingKey::from_rsa_pem(pem),
+        PemKind::EcP256 | PemKind::EcP384 => EncodingKey::from_ec_pem(pem),
+        PemKind::Ed25519 => EncodingKey::from_ed_pem(pem),
+    }
+    .map_err(|e| KeyError::Invalid(e.to_string()))
+}
+
+/// An HMAC secret as a key.
+pub fn secret_key(secret: &[u8]) -> VerifyKey {
+    VerifyKey {
+        kid: None,
+        key: DecodingKey::from_secret(secret),
+        algs: AlgSet::HMAC,
+    }
+}
+
+/// The algorithms one JWK can serve: its type and curve, narrowed by its
+/// `alg` when it names one.
+fn jwk_algs(jwk: &Jwk) -> AlgSet {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => AlgSet::RSA,
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => AlgSet::ES256,
+            EllipticCurve::P384 => AlgSet::ES384,
+            _ => AlgSet::default(),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) => match okp.curve {
+            EllipticCurve::Ed25519 => AlgSet::ED,
+            _ => AlgSet::default(),
+        },
+        AlgorithmParameters::OctetKey(_) => AlgSet::HMAC,
+    };
+    match jwk.common.key_algorithm {
+        None => by_type,
+        Some(ka) => match key_alg(ka) {
+            Some(a) => by_type.intersect(AlgSet::of(a)),
+            None => AlgSet::default(),
+        },
+    }
+}
+
+fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
+    parse_alg(&ka.to_string())
+}
+
+/// Parses a JWKS document. Keys whose `use` is not `sig`, or that serve no
+/// algorithm authgate knows, are skipped; none left is an error.
+pub fn keys_from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        if let Some(u) = &jwk.common.public_key_use {
+            if *u != jsonwebtoken::jwk::PublicKeyUse::Signature {
+                continue;
+            }
+        }
+        let algs = jwk_algs(jwk);
+        if algs.is_empty() {
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwks(e.to_string()))?;
+        keys.push(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            key,
+            algs,
+        });
+    }
+    if keys.is_empty() {
+        return Err(KeyError::EmptyJwks);
+    }
+    Ok(KeySet { keys })
+}
+
+impl KeySet {
+    /// Every algorithm some key here can serve.
+    pub fn algs(&self) -> AlgSet {
+        let mut s = AlgSet::default();
+        for k in &self.keys {
+            s.0 |= k.algs.0;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alg_names_are_exact() {
+        assert_eq!(parse_alg("RS256"), Some(Algorithm::RS256));
+        assert_eq!(parse_alg("none"), None);
+        assert_eq!(parse_alg("rs256"), None);
+        assert_eq!(parse_alg("ES512"), None);
+    }
+
+    #[test]
+    fn algset_families() {
+        assert!(AlgSet::HMAC.contains(Algorithm::HS384));
+        assert!(!AlgSet::HMAC.contains(Algorithm::RS256));
+        assert!(AlgSet::RSA.contains(Algorithm::PS512));
+        assert!(AlgSet::RSA.contains(Algorithm::RS256));
+        assert!(!AlgSet::RSA.contains(Algorithm::ES256));
+        assert_eq!(
+            AlgSet::ES256.iter().collect::<Vec<_>>(),
+            vec![Algorithm::ES256]
+        );
+        assert!(AlgSet::ED.contains(Algorithm::EdDSA));
+    }
+}

@@ -1,0 +1,111 @@
+//! Authentication per route: credentials in, an [`Identity`] or a
+//! [`Reason`] out. Takes plain values (headers, the runtime snapshot), so it
+//! is tested without a proxy session.
+
+pub mod jwt;
+pub mod keys;
+
+use crate::denial::Reason;
+use crate::identity::Identity;
+use crate::runtime::{AuthMode, Require, Route, Runtime};
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// The Bearer token of a request. No `Authorization`, or another scheme, is
+/// `missing_credentials`; two `Authorization` headers or an empty or
+/// non-ASCII token are `malformed`.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Reason> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Err(Reason::MissingCredentials);
+    };
+    if all.next().is_some() {
+        return Err(Reason::Malformed);
+    }
+    let bytes = value.as_bytes();
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Err(Reason::MissingCredentials);
+    }
+    let token = std::str::from_utf8(&bytes[7..])
+        .map_err(|_| Reason::Malformed)?
+        .trim();
+    if token.is_empty() {
+        return Err(Reason::Malformed);
+    }
+    Ok(token)
+}
+
+/// Authenticates a request on `route`. `None`-auth routes never get here.
+pub fn authenticate(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Identity, Reason> {
+    match route.auth {
+        AuthMode::None => Err(Reason::Ok),
+        AuthMode::Jwt | AuthMode::JwtOrSession | AuthMode::Session => {
+            let token = bearer(headers)?;
+            verify_token(rt, route, token, now)
+        }
+    }
+}
+
+/// Verifies a JWT for a route: the issuer is chosen among the route's by the
+/// token's `iss`, then its pinned algorithms and keys decide.
+pub fn verify_token(
+    rt: &Runtime,
+    route: &Route,
+    token: &str,
+    now: i64,
+) -> Result<Identity, Reason> {
+    let jws = jwt::parse(token)?;
+    match jws.alg {
+        Some(a) if route.algs.contains(a) => {}
+        _ => return Err(Reason::AlgNotAllowed),
+    }
+    let claims = jwt::claims_of(&jws.payload()?)?;
+    let iss = claims.get("iss").and_then(|v| v.as_str());
+    let issuer = route
+        .issuers
+        .iter()
+        .filter_map(|i| rt.issuers.get(*i))
+        .find(|i| Some(i.issuer.as_str()) == iss)
+        .ok_or(Reason::WrongIssuer)?;
+    jws.verify(&issuer.keys, issuer.algs)?;
+    let rules = jwt::ClaimRules {
+        issuer: &issuer.issuer,
+        audiences: &issuer.audiences,
+        leeway: issuer.leeway,
+    };
+    jwt::check_claims(&claims, &rules, now)?;
+    Ok(Identity::from_jwt(issuer.name.clone(), claims))
+}
+
+/// The route's `require`: every listed role, then every listed scope.
+pub fn authorize(require: &Require, id: &Identity) -> Result<(), Reason> {
+    if !require.roles.iter().all(|r| id.roles.contains(r)) {
+        return Err(Reason::InsufficientRole);
+    }
+    if !require.scopes.iter().all(|s| id.scopes.contains(s)) {
+        return Err(Reason::InsufficientScope);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_rules() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), Err(Reason::MissingCredentials));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), Err(Reason::MissingCredentials));
+        h.insert(AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Ok("abc"));
+        h.append(AUTHORIZATION, "Bearer def".parse().unwrap());
+        assert_eq!(bearer(&h), Err(Reason::Malformed));
+    }
+}

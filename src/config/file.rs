@@ -1,0 +1,119 @@
+//! The `gateway.toml` schema exactly as operators write it (serde types, no
+//! defaults applied, no checks). `runtime.rs` turns it into what the proxy runs
+//! on; that conversion is the only place defaults and checks live (River's
+//! split). Unknown keys are found by `config::load`, which reports them all
+//! with their positions rather than stopping at the first.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    pub admin: Option<AdminFile>,
+    pub store: Option<StoreFile>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[server]`: listeners and process settings (bound at start-up).
+#[derive(Debug, Default, Deserialize)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub tls: Option<TlsFile>,
+    /// Seconds SIGTERM waits for in-flight requests before exit.
+    pub grace_period: Option<String>,
+}
+
+/// TLS termination files.
+#[derive(Debug, Deserialize)]
+pub struct TlsFile {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `[admin]`: the admin API's bearer token source.
+#[derive(Debug, Default, Deserialize)]
+pub struct AdminFile {
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// `[store]`: where shared state lives.
+#[derive(Debug, Default, Deserialize)]
+pub struct StoreFile {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub ca_file: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub sentinels: Option<Vec<String>>,
+    pub master: Option<String>,
+    pub on_error: Option<String>,
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UpstreamFile {
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+}
+
+/// `[issuers.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct IssuerFile {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub public_key_file: Option<String>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub leeway: Option<String>,
+}
+
+/// `require = { roles = [...], scopes = [...] }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RequireFile {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Default, Deserialize)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    pub auth: Option<String>,
+    pub issuers: Option<Vec<String>>,
+    pub require: Option<RequireFile>,
+    pub login_redirect: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub assertion: bool,
+}

@@ -1,0 +1,185 @@
+//! Why a request was not forwarded, and the one place that turns that into a
+//! response. Every reason is a contract code (also the metrics label and the
+//! log field), so the status, challenge and JSON body can never drift apart.
+
+/// A contract reason code. `Ok` is the label of allowed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The request was allowed (metrics/log label only).
+    Ok,
+    MissingCredentials,
+    Malformed,
+    BadSignature,
+    UnknownKey,
+    AlgNotAllowed,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    Revoked,
+    SessionNotFound,
+    BadCookieSignature,
+    InsufficientRole,
+    InsufficientScope,
+    Csrf,
+    RateLimited,
+    StoreUnavailable,
+    KeysUnavailable,
+    NoRoute,
+    UpstreamError,
+    /// The request line itself is unacceptable (dot-segments in the path):
+    /// 400 before any route is chosen, so a prefix can never be escaped.
+    BadRequest,
+}
+
+/// What the client gets back for a denial: built from static parts so a
+/// denial allocates nothing but the response header itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyResponse {
+    pub status: u16,
+    pub challenge: Option<&'static str>,
+    pub body: &'static str,
+}
+
+macro_rules! body {
+    ($err:literal, $reason:literal) => {
+        concat!("{\"error\":\"", $err, "\",\"reason\":\"", $reason, "\"}")
+    };
+}
+
+const CH_REALM: &str = "Bearer realm=\"authgate\"";
+const CH_INVALID: &str = "Bearer error=\"invalid_token\"";
+const CH_SCOPE: &str = "Bearer error=\"insufficient_scope\"";
+
+impl Reason {
+    /// The contract's reason code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::MissingCredentials => "missing_credentials",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownKey => "unknown_key",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::Revoked => "revoked",
+            Reason::SessionNotFound => "session_not_found",
+            Reason::BadCookieSignature => "bad_cookie_signature",
+            Reason::InsufficientRole => "insufficient_role",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::Csrf => "csrf",
+            Reason::RateLimited => "rate_limited",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::NoRoute => "no_route",
+            Reason::UpstreamError => "upstream_error",
+            Reason::BadRequest => "malformed",
+        }
+    }
+
+    /// The response for this reason; `Ok` has none and maps to a 500 so a
+    /// logic error can never look like success.
+    pub const fn response(self) -> DenyResponse {
+        let (status, challenge, body) = match self {
+            Reason::Ok => (500, None, body!("internal", "ok")),
+            Reason::MissingCredentials => (
+                401,
+                Some(CH_REALM),
+                body!("unauthorized", "missing_credentials"),
+            ),
+            Reason::Malformed => (401, Some(CH_INVALID), body!("invalid_token", "malformed")),
+            Reason::BadSignature => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "bad_signature"),
+            ),
+            Reason::UnknownKey => (401, Some(CH_INVALID), body!("invalid_token", "unknown_key")),
+            Reason::AlgNotAllowed => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "alg_not_allowed"),
+            ),
+            Reason::Expired => (401, Some(CH_INVALID), body!("invalid_token", "expired")),
+            Reason::NotYetValid => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "not_yet_valid"),
+            ),
+            Reason::WrongIssuer => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "wrong_issuer"),
+            ),
+            Reason::WrongAudience => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "wrong_audience"),
+            ),
+            Reason::Revoked => (401, Some(CH_INVALID), body!("invalid_token", "revoked")),
+            Reason::SessionNotFound => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "session_not_found"),
+            ),
+            Reason::BadCookieSignature => (
+                401,
+                Some(CH_INVALID),
+                body!("invalid_token", "bad_cookie_signature"),
+            ),
+            Reason::InsufficientRole => {
+                (403, Some(CH_SCOPE), body!("forbidden", "insufficient_role"))
+            }
+            Reason::InsufficientScope => (
+                403,
+                Some(CH_SCOPE),
+                body!("forbidden", "insufficient_scope"),
+            ),
+            Reason::Csrf => (403, None, body!("forbidden", "csrf")),
+            Reason::RateLimited => (429, None, body!("rate_limited", "rate_limited")),
+            Reason::StoreUnavailable => (503, None, body!("unavailable", "store_unavailable")),
+            Reason::KeysUnavailable => (503, None, body!("unavailable", "keys_unavailable")),
+            Reason::NoRoute => (404, None, body!("not_found", "no_route")),
+            Reason::UpstreamError => (502, None, body!("bad_gateway", "upstream_error")),
+            Reason::BadRequest => (400, None, body!("bad_request", "malformed")),
+        };
+        DenyResponse {
+            status,
+            challenge,
+            body,
+        }
+    }
+
+    /// The `outcome` label: denials are the client's doing, 5xx are ours.
+    pub const fn outcome(self) -> &'static str {
+        match self {
+            Reason::Ok => "allowed",
+            Reason::StoreUnavailable | Reason::KeysUnavailable | Reason::UpstreamError => "error",
+            _ => "denied",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_json_with_the_contract_codes() {
+        for r in [
+            Reason::MissingCredentials,
+            Reason::Expired,
+            Reason::InsufficientScope,
+            Reason::NoRoute,
+            Reason::UpstreamError,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(r.response().body).unwrap();
+            assert_eq!(v["reason"], r.as_str());
+        }
+        assert_eq!(Reason::MissingCredentials.response().status, 401);
+        assert_eq!(Reason::InsufficientRole.response().status, 403);
+        assert_eq!(Reason::KeysUnavailable.response().status, 503);
+    }
+}

@@ -1,0 +1,342 @@
+//! The pingora `ProxyHttp` implementation: the request lifecycle of
+//! DESIGN.md and nothing else. Each phase calls one function of a module
+//! that takes plain values (routing, header hygiene, authentication), so the
+//! logic is unit-tested without a pingora session.
+
+use crate::auth;
+use crate::denial::Reason;
+use crate::identity::{self, header_safe, Identity};
+use crate::router;
+use crate::runtime::{AuthMode, Runtime};
+use crate::state::State;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The proxy service.
+pub struct Gateway {
+    pub state: Arc<State>,
+}
+
+/// Per-request state, from `new_ctx` to `logging`.
+pub struct Ctx {
+    start: Instant,
+    /// The config snapshot this request runs on, loaded once.
+    rt: Option<Arc<Runtime>>,
+    route: Option<usize>,
+    identity: Option<Identity>,
+    reason: Reason,
+    auth_label: &'static str,
+    peer: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    upstream_start: Option<Instant>,
+    /// Connect attempts so far (a failed connect retries the next address).
+    tries: usize,
+}
+
+impl Gateway {
+    /// Writes a denial: status, challenge, JSON body, always with a
+    /// Content-Length (pingora#766). The connection stays open only when the
+    /// request has no body to drain.
+    async fn deny(&self, session: &mut Session, ctx: &mut Ctx, reason: Reason) -> Result<bool> {
+        ctx.reason = reason;
+        let r = reason.response();
+        let mut resp = ResponseHeader::build(r.status, Some(4))?;
+        resp.insert_header("Content-Type", "application/json")?;
+        resp.insert_header("Content-Length", r.body.len().to_string())?;
+        resp.insert_header("Cache-Control", "no-store")?;
+        if let Some(c) = r.challenge {
+            resp.insert_header("WWW-Authenticate", c)?;
+        }
+        if has_body(session.req_header()) {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(r.body.as_bytes())), true)
+            .await?;
+        Ok(true)
+    }
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Removes every client-sent header the gateway owns (`X-Auth-*` and every
+/// route-mapped header), whatever its case, on every route.
+fn strip_reserved(req: &mut RequestHeader, rt: &Runtime) {
+    loop {
+        let found = req
+            .headers
+            .keys()
+            .find(|n| identity::is_reserved(n, &rt.mapped_headers))
+            .cloned();
+        match found {
+            Some(name) => {
+                req.remove_header(&name);
+            }
+            None => break,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            rt: None,
+            route: None,
+            identity: None,
+            reason: Reason::Ok,
+            auth_label: "none",
+            peer: None,
+            client_ip: None,
+            upstream_start: None,
+            tries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = self.state.runtime();
+        ctx.rt = Some(rt.clone());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.peer = peer;
+        strip_reserved(session.req_header_mut(), &rt);
+        let req = session.req_header();
+        if let Some(p) = peer {
+            let xff = req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            ctx.client_ip = Some(identity::client_ip(p, xff, &rt.server.trusted_proxies));
+        }
+
+        let path = match router::normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(_) => return self.deny(session, ctx, Reason::BadRequest).await,
+        };
+        let host_header = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let host = router::host_of(host_header);
+        let Some(route_idx) = rt.router.resolve(host, req.method.as_str(), &path) else {
+            return self.deny(session, ctx, Reason::NoRoute).await;
+        };
+        ctx.route = Some(route_idx);
+        let Some(route) = rt.routes.get(route_idx) else {
+            return self.deny(session, ctx, Reason::NoRoute).await;
+        };
+        ctx.auth_label = route.auth.label();
+        if route.auth == AuthMode::None {
+            self.state
+                .metrics
+                .auth_duration
+                .with_label_values(&[route.name.as_str(), "none"])
+                .observe(ctx.start.elapsed().as_secs_f64());
+            return Ok(false);
+        }
+        let result = auth::authenticate(&rt, route, &req.headers, auth::jwt::now_unix())
+            .and_then(|id| auth::authorize(&route.require, &id).map(|_| id));
+        self.state
+            .metrics
+            .auth_duration
+            .with_label_values(&[route.name.as_str(), ctx.auth_label])
+            .observe(ctx.start.elapsed().as_secs_f64());
+        match result {
+            Ok(id) => {
+                ctx.auth_label = id.method.as_str();
+                ctx.identity = Some(id);
+                Ok(false)
+            }
+            Err(reason) => self.deny(session, ctx, reason).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = ctx
+            .rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, r)| rt.routes.get(r).and_then(|r| rt.upstreams.get(r.upstream)))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
+        let addr = up
+            .pick(ctx.tries)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
+        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        if ctx.upstream_start.is_none() {
+            ctx.upstream_start = Some(Instant::now());
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.tries += 1;
+        let addrs = ctx
+            .rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, r)| rt.routes.get(r).and_then(|r| rt.upstreams.get(r.upstream)))
+            .map_or(0, |u| u.addrs.len());
+        if ctx.tries < addrs {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(peer) = ctx.peer {
+            let trusted = ctx
+                .rt
+                .as_ref()
+                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)));
+            let existing = upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.trim().is_empty());
+            let xff = match (trusted, existing) {
+                (true, Some(prev)) => format!("{prev}, {peer}"),
+                _ => peer.to_string(),
+            };
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+        }
+        upstream_request.insert_header("X-Forwarded-Proto", "http")?;
+        let Some(id) = &ctx.identity else {
+            return Ok(());
+        };
+        if let Some(s) = &id.subject {
+            upstream_request.insert_header("X-Auth-Subject", header_safe(s).into_owned())?;
+        }
+        upstream_request.insert_header("X-Auth-Method", id.method.as_str())?;
+        if let Some(i) = &id.issuer {
+            upstream_request.insert_header("X-Auth-Issuer", header_safe(i).into_owned())?;
+        }
+        if let Some(e) = &id.email {
+            upstream_request.insert_header("X-Auth-Email", header_safe(e).into_owned())?;
+        }
+        if !id.roles.is_empty() {
+            upstream_request.insert_header(
+                "X-Auth-Roles",
+                header_safe(&id.roles.join(",")).into_owned(),
+            )?;
+        }
+        if !id.scopes.is_empty() {
+            upstream_request.insert_header(
+                "X-Auth-Scopes",
+                header_safe(&id.scopes.join(",")).into_owned(),
+            )?;
+        }
+        if let Some(route) = ctx
+            .rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, r)| rt.routes.get(r))
+        {
+            for (name, claim) in &route.headers {
+                if let Some(v) = id.claim_value(claim) {
+                    upstream_request.insert_header(name.clone(), header_safe(&v).into_owned())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 502 {
+            let _ = self.deny(session, ctx, Reason::UpstreamError).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        // Never the query string: it may carry credentials.
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.reason == Reason::Ok && e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) {
+            ctx.reason = Reason::UpstreamError;
+        }
+        let route = ctx
+            .rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, r)| rt.routes.get(r))
+            .map_or("unmatched", |r| r.name.as_str());
+        let m = &self.state.metrics;
+        m.requests
+            .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
+            .inc();
+        if let Some(t) = ctx.upstream_start {
+            m.upstream_duration
+                .with_label_values(&[route])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        let req = session.req_header();
+        let subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref());
+        let client_ip = ctx.client_ip.map(|ip| ip.to_string());
+        tracing::info!(
+            route,
+            method = req.method.as_str(),
+            auth = ctx.auth_label,
+            path = req.uri.path(),
+            status,
+            outcome = ctx.reason.outcome(),
+            reason = ctx.reason.as_str(),
+            subject,
+            client_ip = client_ip.as_deref(),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}

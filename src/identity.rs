@@ -1,0 +1,218 @@
+//! The verified identity and the header hygiene around it, in one auditable
+//! place (rpxy's header_ops idea): which client headers are stripped, which
+//! identity headers are injected, and how `X-Forwarded-For` is trusted.
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How the identity was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Jwt,
+    Session,
+}
+
+impl AuthMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Session => "session",
+        }
+    }
+}
+
+/// Who the request is from, as verified by a token or session.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub method: AuthMethod,
+    pub subject: Option<String>,
+    /// The issuer's name in the config (JWT only).
+    pub issuer: Option<Arc<str>>,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Every claim (or session field), for route header mappings.
+    pub claims: Arc<Map<String, Value>>,
+}
+
+/// Roles from `roles` or `role`: a string (one role) or an array of strings.
+pub fn roles_of(claims: &Map<String, Value>) -> Vec<String> {
+    let v = claims.get("roles").or_else(|| claims.get("role"));
+    strings(v, false)
+}
+
+/// Scopes from `scope` (space-separated string) or `scp` (array, or string).
+pub fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
+    let v = claims.get("scope").or_else(|| claims.get("scp"));
+    strings(v, true)
+}
+
+fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) if split_spaces => {
+            s.split_whitespace().map(str::to_string).collect()
+        }
+        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Identity {
+    /// Builds a JWT identity from verified claims.
+    pub fn from_jwt(issuer: Arc<str>, claims: Map<String, Value>) -> Identity {
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let email = claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Identity {
+            method: AuthMethod::Jwt,
+            subject,
+            issuer: Some(issuer),
+            email,
+            roles: roles_of(&claims),
+            scopes: scopes_of(&claims),
+            claims: Arc::new(claims),
+        }
+    }
+
+    /// A claim rendered as a header value: strings as they are, numbers and
+    /// booleans in JSON form, arrays of scalars comma-joined, objects as
+    /// compact JSON. `None` when the claim is absent or null.
+    pub fn claim_value(&self, name: &str) -> Option<String> {
+        let v = lookup(&self.claims, name)?;
+        let s = match v {
+            Value::Null => return None,
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        Some(s)
+    }
+}
+
+/// Looks up a claim by name, or by a dotted path into nested objects when no
+/// claim has the full name.
+pub fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v);
+    }
+    let mut parts = name.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    Some(cur)
+}
+
+/// Makes a claim safe to put in a header: control characters (CR, LF, NUL,
+/// ...) are percent-encoded, so a claim can never split or end a header.
+/// `%` itself is left alone; backends see the claim otherwise unchanged.
+pub fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        let b = c as u32;
+        if (b < 0x20 && c != '\t') || b == 0x7f {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// True for a header the gateway owns and a client must never set: any
+/// `X-Auth-*`, or one named in some route's `headers` map.
+pub fn is_reserved(name: &HeaderName, mapped: &[HeaderName]) -> bool {
+    name.as_str().starts_with("x-auth-") || mapped.contains(name)
+}
+
+/// The client address the backend should see: the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy when the peer itself
+/// is trusted; the peer otherwise (a client cannot choose its own address).
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let Some(xff) = xff else { return peer };
+    let mut last = peer;
+    for entry in xff.rsplit(',') {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                last = ip;
+                if !trusted.iter().any(|n| n.contains(&ip)) {
+                    return ip;
+                }
+            }
+            Err(_) => return last,
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_scopes_shapes() {
+        let c = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            roles_of(&c(serde_json::json!({"roles":["a","b"]}))),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            roles_of(&c(serde_json::json!({"role":"admin"}))),
+            vec!["admin"]
+        );
+        assert_eq!(
+            scopes_of(&c(serde_json::json!({"scope":"x y"}))),
+            vec!["x", "y"]
+        );
+        assert_eq!(
+            scopes_of(&c(serde_json::json!({"scp":["x","y"]}))),
+            vec!["x", "y"]
+        );
+        assert!(roles_of(&c(serde_json::json!({}))).is_empty());
+    }
+
+    #[test]
+    fn control_chars_never_reach_a_header() {
+        assert_eq!(header_safe("a\r\nX-Evil: 1"), "a%0D%0AX-Evil: 1");
+        assert_eq!(header_safe("plain"), "plain");
+    }
+
+    #[test]
+    fn xff_trust() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "1.2.3.4".parse().unwrap();
+        assert_eq!(client_ip(outsider, Some("9.9.9.9"), &trusted), outsider);
+        assert_eq!(
+            client_ip(peer, Some("9.9.9.9, 5.5.5.5, 10.0.0.7"), &trusted),
+            "5.5.5.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+}

@@ -1,0 +1,21 @@
+//! authgate: an edge authentication gateway on pingora.
+//!
+//! Layout (DESIGN.md): `config/` is the file schema and loader, `runtime`
+//! the compiled config, `router` picks a route, `auth/` verifies
+//! credentials, `identity` owns header hygiene, `denial` maps reasons to
+//! responses, `gateway` is the pingora lifecycle, `admin` the admin
+//! listener, `metrics` the contract's metrics, `server` wires it all up.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod denial;
+pub mod echo;
+pub mod gateway;
+pub mod identity;
+pub mod metrics;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod token;

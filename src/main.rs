@@ -1,0 +1,140 @@
+//! The `authgate` command line: serve | check | token | echo.
+
+use authgate::{config, echo, server, token};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "authgate", version, about = "Edge authentication gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (proxy listener + admin listener) in the foreground.
+    Serve {
+        #[arg(long, default_value = "gateway.toml")]
+        config: String,
+    },
+    /// Validate the config: exit 0 with a summary, or 2 with every error.
+    Check {
+        #[arg(long, default_value = "gateway.toml")]
+        config: String,
+    },
+    /// Print a signed JWT for an issuer whose signing key is configured.
+    Token {
+        #[arg(long, default_value = "gateway.toml")]
+        config: String,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        sub: String,
+        /// Extra claim `k=v` (v is JSON when it parses, else a string); repeatable.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime, e.g. 15m.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The `kid` header (default: the issuer's only kid, if it has one).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Run a demo backend that echoes each request as JSON (for the quick start).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(rt) => {
+                println!("{}: {}", config, rt.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            init_logs();
+            let rt = match config::load(&config) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match server::run(rt, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("authgate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Token {
+            config,
+            issuer,
+            sub,
+            claims,
+            ttl,
+            kid,
+        } => {
+            let rt = match config::load(&config) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(iss) = rt.issuer(&issuer) else {
+                eprintln!("authgate: no issuer named `{issuer}` in {config}");
+                return ExitCode::from(2);
+            };
+            let ttl = match humantime::parse_duration(&ttl) {
+                Ok(d) => d.as_secs() as i64,
+                Err(e) => {
+                    eprintln!("authgate: --ttl `{ttl}`: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let now = authgate::auth::jwt::now_unix();
+            match token::mint(iss, &sub, &claims, ttl, kid.as_deref(), now) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("authgate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Echo { listen } => match echo::serve(&listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("authgate echo: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

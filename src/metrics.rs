@@ -1,0 +1,108 @@
+//! The contract's metrics, built once at start-up (fallibly, so no panic
+//! hides in a static) and shared by the proxy and the admin listener through
+//! their own registry.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Every metric authgate exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub auth_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub rate_limited: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub jwks_refresh: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+}
+
+const AUTH_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let requests = counter(
+            "authgate_requests_total",
+            "Requests by route, outcome (allowed/denied/error) and reason.",
+            &["route", "outcome", "reason"],
+        )?;
+        let rate_limited = counter(
+            "authgate_rate_limited_total",
+            "Requests refused by a rate limit.",
+            &["route"],
+        )?;
+        let revocations = counter(
+            "authgate_revocations_total",
+            "Revocations accepted, by kind.",
+            &["kind"],
+        )?;
+        let store_errors = counter(
+            "authgate_store_errors_total",
+            "Store operations that failed, by op.",
+            &["op"],
+        )?;
+        let jwks_refresh = counter(
+            "authgate_jwks_refresh_total",
+            "JWKS fetches by issuer and result.",
+            &["issuer", "result"],
+        )?;
+        let config_reloads = counter(
+            "authgate_config_reloads_total",
+            "Config reloads by result.",
+            &["result"],
+        )?;
+        let auth_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "authgate_auth_duration_seconds",
+                "Time spent authenticating a request (routing to decision).",
+            )
+            .buckets(AUTH_BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        registry.register(Box::new(auth_duration.clone()))?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "authgate_upstream_duration_seconds",
+                "Time from choosing the upstream to the end of its response.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            auth_duration,
+            upstream_duration,
+            rate_limited,
+            revocations,
+            store_errors,
+            jwks_refresh,
+            config_reloads,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            buf.clear();
+        }
+        buf
+    }
+}

@@ -1,0 +1,207 @@
+//! Request -> route: an exact `path` beats any prefix, among prefixes the
+//! longest wins, and a candidate whose `host` or `methods` don't match is
+//! skipped. Built once per config load; resolving allocates nothing.
+
+use std::collections::HashMap;
+
+/// What a route matches on (the rest of the route lives in the runtime).
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    /// Lower-case host without port; a leading `*.` matches any subdomain.
+    pub host: Option<String>,
+    /// Upper-case method names; empty = any.
+    pub methods: Vec<String>,
+}
+
+impl Matcher {
+    fn accepts(&self, host: &str, method: &str) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return false;
+        }
+        match &self.host {
+            None => true,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host
+                            .get(host.len() - suffix.len()..)
+                            .is_some_and(|t| t.eq_ignore_ascii_case(suffix))
+                        && host.as_bytes().get(host.len() - suffix.len() - 1) == Some(&b'.')
+                }
+                None => h.eq_ignore_ascii_case(host),
+            },
+        }
+    }
+}
+
+/// The compiled routing table.
+#[derive(Debug, Default)]
+pub struct Router {
+    matchers: Vec<Matcher>,
+    exact: HashMap<String, Vec<usize>>,
+    /// Route indexes with a prefix, longest prefix first (stable: file order
+    /// breaks ties).
+    prefixes: Vec<usize>,
+}
+
+impl Router {
+    /// Builds the table; route `i` is `matchers[i]`.
+    pub fn new(matchers: Vec<Matcher>) -> Router {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut prefixes = Vec::new();
+        for (i, m) in matchers.iter().enumerate() {
+            if let Some(p) = &m.path {
+                exact.entry(p.clone()).or_default().push(i);
+            } else if m.path_prefix.is_some() {
+                prefixes.push(i);
+            }
+        }
+        prefixes.sort_by_key(|i| {
+            std::cmp::Reverse(matchers[*i].path_prefix.as_deref().map_or(0, str::len))
+        });
+        Router {
+            matchers,
+            exact,
+            prefixes,
+        }
+    }
+
+    /// The route for a request, by index. `host` is the Host header without
+    /// port, `path` the normalised path (see [`normalize`]).
+    pub fn resolve(&self, host: &str, method: &str, path: &str) -> Option<usize> {
+        if let Some(list) = self.exact.get(path) {
+            if let Some(i) = list
+                .iter()
+                .find(|i| self.matchers[**i].accepts(host, method))
+            {
+                return Some(*i);
+            }
+        }
+        self.prefixes.iter().copied().find(|i| {
+            let m = &self.matchers[*i];
+            m.path_prefix
+                .as_deref()
+                .is_some_and(|p| path.starts_with(p))
+                && m.accepts(host, method)
+        })
+    }
+}
+
+/// Why a path cannot be routed safely.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnsafePath;
+
+/// The path routing decides on: a path with dot-segments (`/./`, `/../`,
+/// also percent-encoded) is refused, since a backend that resolves them would
+/// serve a different route than the one authorized; runs of `/` are merged
+/// for matching (the path sent upstream is not changed). Borrowed when
+/// nothing needs merging.
+pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
+    if !path.starts_with('/') && path != "*" {
+        return Err(UnsafePath);
+    }
+    for seg in path.split('/') {
+        if is_dot_segment(seg) {
+            return Err(UnsafePath);
+        }
+    }
+    if path.contains("//") {
+        let mut out = String::with_capacity(path.len());
+        let mut prev_slash = false;
+        for c in path.chars() {
+            if c == '/' && prev_slash {
+                continue;
+            }
+            prev_slash = c == '/';
+            out.push(c);
+        }
+        return Ok(std::borrow::Cow::Owned(out));
+    }
+    Ok(std::borrow::Cow::Borrowed(path))
+}
+
+fn is_dot_segment(seg: &str) -> bool {
+    // ".", "..", and their percent-encoded forms (%2e, any case)
+    let mut dots = 0;
+    let b = seg.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && matches!(b.get(i + 2), Some(b'e') | Some(b'E'))
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+/// The host a request is for: `Host` without port (matching ignores case).
+pub fn host_of(host_header: Option<&str>) -> &str {
+    let h = host_header.unwrap_or("");
+    if h.starts_with('[') {
+        return h.split(']').next().unwrap_or(h).trim_start_matches('[');
+    }
+    h.rsplit_once(':').map_or(h, |(a, _)| a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(
+        path: Option<&str>,
+        prefix: Option<&str>,
+        host: Option<&str>,
+        methods: &[&str],
+    ) -> Matcher {
+        Matcher {
+            path: path.map(String::from),
+            path_prefix: prefix.map(String::from),
+            host: host.map(String::from),
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn exact_then_longest_prefix_then_filters() {
+        let r = Router::new(vec![
+            m(None, Some("/"), None, &[]),
+            m(None, Some("/api/"), None, &[]),
+            m(Some("/api/login"), None, None, &["POST"]),
+            m(None, Some("/api/admin/"), Some("admin.example"), &[]),
+        ]);
+        assert_eq!(r.resolve("x", "POST", "/api/login"), Some(2));
+        assert_eq!(r.resolve("x", "GET", "/api/login"), Some(1));
+        assert_eq!(r.resolve("x", "GET", "/api/admin/x"), Some(1));
+        assert_eq!(r.resolve("admin.example", "GET", "/api/admin/x"), Some(3));
+        assert_eq!(r.resolve("x", "GET", "/other"), Some(0));
+        let r2 = Router::new(vec![m(None, Some("/api/"), None, &[])]);
+        assert_eq!(r2.resolve("x", "GET", "/nope"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        assert!(normalize("/a/../b").is_err());
+        assert!(normalize("/a/%2e%2E/b").is_err());
+        assert!(normalize("/a/.").is_err());
+        assert!(normalize("/a/..b").is_ok());
+        assert_eq!(normalize("//api///x").unwrap(), "/api/x");
+        assert_eq!(normalize("/api/x").unwrap(), "/api/x");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of(Some("a.example:8080")), "a.example");
+        assert_eq!(host_of(Some("[::1]:80")), "::1");
+        assert!(m(None, None, Some("*.example.com"), &[]).accepts("a.example.com", "GET"));
+        assert!(!m(None, None, Some("*.example.com"), &[]).accepts("example.com", "GET"));
+    }
+}

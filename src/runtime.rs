@@ -1,0 +1,780 @@
+//! The compiled config the proxy runs on. Built from the file schema by one
+//! conversion ([`Runtime::build`]) that holds every default and every check,
+//! then shared immutably (and swapped whole on reload), so a request sees one
+//! consistent config from start to end.
+
+use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
+use crate::config::file::{FileConfig, IssuerFile, RouteFile, UpstreamFile};
+use crate::config::Issues;
+use crate::router::{Matcher, Router};
+use http::HeaderName;
+use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Process-level settings, bound at start-up.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub grace_period: Duration,
+}
+
+/// How a route authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    None,
+    Jwt,
+    Session,
+    JwtOrSession,
+}
+
+impl AuthMode {
+    /// The metrics `method` label for routes of this mode before a method is known.
+    pub const fn label(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Jwt | AuthMode::JwtOrSession => "jwt",
+            AuthMode::Session => "session",
+        }
+    }
+}
+
+/// A route's `require`.
+#[derive(Debug, Clone, Default)]
+pub struct Require {
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub upstream: usize,
+    pub auth: AuthMode,
+    /// Indexes into [`Runtime::issuers`].
+    pub issuers: Vec<usize>,
+    /// The union of the route's issuers' algorithms (a fast first filter).
+    pub algs: AlgSet,
+    pub require: Require,
+    pub login_redirect: Option<String>,
+    /// Extra claim -> header mappings.
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+/// An upstream pool: addresses resolved at load time (never DNS on the
+/// request path) and a round-robin cursor.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// The next address in round-robin order, `skip` places further on
+    /// (retries after a failed connect move to the next address).
+    pub fn pick(&self, skip: usize) -> Option<SocketAddr> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let n = if skip == 0 {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed).wrapping_add(skip)
+        };
+        self.addrs.get(n % self.addrs.len()).copied()
+    }
+}
+
+/// One JWT issuer.
+pub struct Issuer {
+    pub name: Arc<str>,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algs: AlgSet,
+    /// Algorithms in the order configured (the first signs `authgate token`).
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySet,
+    pub leeway: i64,
+    pub signing_key: Option<EncodingKey>,
+    /// The `kid` to put in minted tokens: the only kid of the key set, if one.
+    pub signing_kid: Option<String>,
+}
+
+/// Everything the proxy needs, compiled.
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub admin_token: Option<Vec<u8>>,
+    pub routes: Vec<Route>,
+    pub router: Router,
+    pub upstreams: Vec<Upstream>,
+    pub issuers: Vec<Issuer>,
+    /// Every header named in any route's `headers` map (lower-case):
+    /// stripped from every client request.
+    pub mapped_headers: Vec<HeaderName>,
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Reads a secret from a file: one trailing newline is dropped.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut v = std::fs::read(path)?;
+    if v.last() == Some(&b'\n') {
+        v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
+    }
+    Ok(v)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration `{s}` ({e}); use forms like \"30s\", \"15m\", \"24h\"")
+    })
+}
+
+fn secret(
+    env: Option<&str>,
+    file: Option<&str>,
+    base: &Path,
+    path: &str,
+    issues: &mut Issues,
+) -> Option<Vec<u8>> {
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            issues.at(path, "give either the `_env` or the `_file` form, not both");
+            None
+        }
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+            Ok(_) => {
+                issues.at(
+                    format!("{path}_env"),
+                    format!("environment variable `{var}` is empty"),
+                );
+                None
+            }
+            Err(_) => {
+                issues.at(
+                    format!("{path}_env"),
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(f)) => match read_secret_file(&resolve(base, f)) {
+            Ok(v) if !v.is_empty() => Some(v),
+            Ok(_) => {
+                issues.at(
+                    format!("{path}_file"),
+                    format!("secret file `{f}` is empty"),
+                );
+                None
+            }
+            Err(e) => {
+                issues.at(
+                    format!("{path}_file"),
+                    format!("cannot read secret file `{f}`: {e}"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+impl Runtime {
+    /// Compiles a parsed file; every problem goes to `issues` (all are
+    /// collected) and the result is `None` if there was any.
+    pub fn build(cfg: FileConfig, base: &Path, issues: &mut Issues) -> Option<Runtime> {
+        let before = issues.0.len();
+        let server = build_server(&cfg, issues);
+
+        let admin_token = cfg.admin.as_ref().and_then(|a| {
+            secret(
+                a.token_env.as_deref(),
+                a.token_file.as_deref(),
+                base,
+                "admin.token",
+                issues,
+            )
+        });
+
+        if let Some(store) = &cfg.store {
+            match store.kind.as_deref().unwrap_or("memory") {
+                "memory" => {}
+                "redis" | "redis_cluster" | "redis_sentinel" => issues.at(
+                    "store.kind",
+                    "this build supports only the embedded `memory` store so far",
+                ),
+                other => issues.at(
+                    "store.kind",
+                    format!("unknown store kind `{other}` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")"),
+                ),
+            }
+            if let Some(on) = store.on_error.as_deref() {
+                if on != "deny" && on != "allow" {
+                    issues.at("store.on_error", "expected \"deny\" or \"allow\"");
+                }
+            }
+        }
+
+        let mut upstream_names = Vec::new();
+        let mut upstreams = Vec::new();
+        for (name, u) in &cfg.upstreams {
+            if let Some(up) = build_upstream(name, u, issues) {
+                upstream_names.push(name.clone());
+                upstreams.push(up);
+            }
+        }
+
+        let mut issuer_names = Vec::new();
+        let mut issuers = Vec::new();
+        for (name, i) in &cfg.issuers {
+            if let Some(iss) = build_issuer(name, i, base, issues) {
+                issuer_names.push(name.clone());
+                issuers.push(iss);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut matchers = Vec::new();
+        let mut mapped_headers: Vec<HeaderName> = Vec::new();
+        if cfg.routes.is_empty() {
+            issues.at("", "no [[routes]] defined: every request would be 404");
+        }
+        for (idx, r) in cfg.routes.iter().enumerate() {
+            let at = |k: &str| format!("routes.{idx}.{k}");
+            if let Some((route, m)) = build_route(
+                idx,
+                r,
+                &cfg,
+                &upstream_names,
+                &issuer_names,
+                &issuers,
+                issues,
+            ) {
+                for (h, _) in &route.headers {
+                    if !mapped_headers.contains(h) {
+                        mapped_headers.push(h.clone());
+                    }
+                }
+                routes.push(route);
+                matchers.push(m);
+            } else if r.upstream.is_none() {
+                issues.at(at("upstream"), "missing `upstream`");
+            }
+        }
+
+        if issues.0.len() > before {
+            return None;
+        }
+        Some(Runtime {
+            server: server?,
+            admin_token,
+            router: Router::new(matchers),
+            routes,
+            upstreams,
+            issuers,
+            mapped_headers,
+        })
+    }
+
+    /// The issuer by config name (for `authgate token`).
+    pub fn issuer(&self, name: &str) -> Option<&Issuer> {
+        self.issuers.iter().find(|i| &*i.name == name)
+    }
+
+    /// A one-line summary for `check` and start-up logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "config ok: {} routes, {} upstreams, {} issuers, listen {}, admin {}",
+            self.routes.len(),
+            self.upstreams.len(),
+            self.issuers.len(),
+            self.server.listen,
+            self.server.admin_listen
+        )
+    }
+}
+
+fn build_server(cfg: &FileConfig, issues: &mut Issues) -> Option<ServerSettings> {
+    let s = &cfg.server;
+    let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let admin_listen = s
+        .admin_listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let mut ok = true;
+    if listen.parse::<SocketAddr>().is_err() {
+        issues.at(
+            "server.listen",
+            format!("`{listen}` is not an address like \"127.0.0.1:8080\""),
+        );
+        ok = false;
+    }
+    if admin_listen.parse::<SocketAddr>().is_err() {
+        issues.at(
+            "server.admin_listen",
+            format!("`{admin_listen}` is not an address like \"127.0.0.1:9090\""),
+        );
+        ok = false;
+    }
+    if s.tls.is_some() {
+        issues.at(
+            "server.tls",
+            "TLS termination is not available in this build yet",
+        );
+        ok = false;
+    }
+    let threads = s.threads.unwrap_or(2);
+    if threads == 0 || threads > 1024 {
+        issues.at("server.threads", "threads must be between 1 and 1024");
+        ok = false;
+    }
+    let mut trusted = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        let parsed = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted.push(n),
+            Err(_) => {
+                issues.at(
+                    format!("server.trusted_proxies.{i}"),
+                    format!("`{t}` is not an IP or CIDR"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let grace_period = match s.grace_period.as_deref().map(duration) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            issues.at("server.grace_period", e);
+            ok = false;
+            Duration::ZERO
+        }
+    };
+    ok.then_some(ServerSettings {
+        listen,
+        admin_listen,
+        threads,
+        trusted_proxies: trusted,
+        grace_period,
+    })
+}
+
+fn build_upstream(name: &str, u: &UpstreamFile, issues: &mut Issues) -> Option<Upstream> {
+    let at = |k: &str| format!("upstreams.{name}.{k}");
+    let mut addrs = Vec::new();
+    let mut ok = true;
+    if u.addrs.is_empty() {
+        issues.at(at("addrs"), "an upstream needs at least one address");
+        ok = false;
+    }
+    for (i, a) in u.addrs.iter().enumerate() {
+        match a.to_socket_addrs() {
+            Ok(list) => {
+                let before = addrs.len();
+                addrs.extend(list);
+                if addrs.len() == before {
+                    issues.at(
+                        format!("upstreams.{name}.addrs.{i}"),
+                        format!("`{a}` resolves to no address"),
+                    );
+                    ok = false;
+                }
+            }
+            Err(e) => {
+                issues.at(
+                    format!("upstreams.{name}.addrs.{i}"),
+                    format!("`{a}` is not a host:port that resolves: {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if u.ca_file.is_some() {
+        issues.at(
+            at("ca_file"),
+            "a custom upstream CA is not available in this build yet",
+        );
+        ok = false;
+    }
+    let mut timeout = |k: &str, v: &Option<String>, d: u64| match v.as_deref().map(duration) {
+        None => Duration::from_secs(d),
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
+            issues.at(at(k), e);
+            ok = false;
+            Duration::ZERO
+        }
+    };
+    let connect_timeout = timeout("connect_timeout", &u.connect_timeout, 2);
+    let read_timeout = timeout("read_timeout", &u.read_timeout, 60);
+    let sni = u.sni.clone().unwrap_or_else(|| {
+        u.addrs
+            .first()
+            .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+            .unwrap_or_default()
+    });
+    ok.then(|| Upstream {
+        name: name.to_string(),
+        addrs,
+        tls: u.tls,
+        sni,
+        connect_timeout,
+        read_timeout,
+        next: AtomicUsize::new(0),
+    })
+}
+
+fn build_issuer(name: &str, i: &IssuerFile, base: &Path, issues: &mut Issues) -> Option<Issuer> {
+    let at = |k: &str| format!("issuers.{name}.{k}");
+    let before = issues.0.len();
+    let issuer = match &i.issuer {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => {
+            issues.at(
+                format!("issuers.{name}"),
+                "missing `issuer` (the value tokens' `iss` must equal)",
+            );
+            String::new()
+        }
+    };
+    let mut algs = AlgSet::default();
+    let mut algorithms = Vec::new();
+    if i.algorithms.is_empty() {
+        issues.at(
+            format!("issuers.{name}"),
+            "missing `algorithms` (pin the algorithms this issuer signs with, e.g. [\"RS256\"])",
+        );
+    }
+    for (n, a) in i.algorithms.iter().enumerate() {
+        match parse_alg(a) {
+            Some(alg) => {
+                algs.insert(alg);
+                algorithms.push(alg);
+            }
+            None => issues.at(
+                format!("issuers.{name}.algorithms.{n}"),
+                format!("unsupported algorithm `{a}` (HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
+            ),
+        }
+    }
+    let sources = [
+        i.jwks_url.is_some(),
+        i.jwks_file.is_some(),
+        i.public_key_file.is_some(),
+        i.secret_env.is_some(),
+        i.secret_file.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources != 1 {
+        issues.at(
+            format!("issuers.{name}"),
+            "exactly one key source is needed: jwks_url, jwks_file, public_key_file, secret_env or secret_file",
+        );
+    }
+    let mut keys = KeySet::default();
+    let mut secret_bytes = None;
+    let mut key_path = String::new();
+    if i.jwks_url.is_some() {
+        issues.at(
+            at("jwks_url"),
+            "jwks_url is not available in this build yet; use jwks_file",
+        );
+    } else if let Some(f) = &i.jwks_file {
+        key_path = at("jwks_file");
+        match std::fs::read(resolve(base, f)) {
+            Ok(bytes) => match keys::keys_from_jwks(&bytes) {
+                Ok(k) => keys = k,
+                Err(e) => issues.at(at("jwks_file"), format!("`{f}`: {e}")),
+            },
+            Err(e) => issues.at(at("jwks_file"), format!("cannot read `{f}`: {e}")),
+        }
+    } else if let Some(f) = &i.public_key_file {
+        key_path = at("public_key_file");
+        match std::fs::read(resolve(base, f)) {
+            Ok(bytes) => match keys::public_key_from_pem(&bytes) {
+                Ok(k) => keys.keys.push(k),
+                Err(e) => issues.at(at("public_key_file"), format!("`{f}`: {e}")),
+            },
+            Err(e) => issues.at(at("public_key_file"), format!("cannot read `{f}`: {e}")),
+        }
+    } else if i.secret_env.is_some() || i.secret_file.is_some() {
+        key_path = if i.secret_env.is_some() {
+            at("secret_env")
+        } else {
+            at("secret_file")
+        };
+        if let Some(s) = secret(
+            i.secret_env.as_deref(),
+            i.secret_file.as_deref(),
+            base,
+            &at("secret"),
+            issues,
+        ) {
+            keys.keys.push(keys::secret_key(&s));
+            secret_bytes = Some(s);
+        }
+    }
+    if !keys.keys.is_empty() {
+        let servable = keys.algs();
+        for alg in algs.iter() {
+            if !servable.contains(alg) {
+                issues.at(
+                    key_path.clone(),
+                    format!("algorithm {alg:?} cannot be served by this key source (its keys serve {:?})", servable.iter().collect::<Vec<_>>()),
+                );
+            }
+        }
+    }
+    let leeway = match i.leeway.as_deref().map(duration) {
+        None => 60,
+        Some(Ok(d)) => d.as_secs() as i64,
+        Some(Err(e)) => {
+            issues.at(at("leeway"), e);
+            0
+        }
+    };
+    if let Some(a) = &i.audiences {
+        if a.is_empty() {
+            issues.at(
+                at("audiences"),
+                "an empty list would accept no token; omit `audiences` to skip the aud check",
+            );
+        }
+    }
+    let first = algorithms.first().copied();
+    let signing_key = match (&i.private_key_file, &secret_bytes, first) {
+        (Some(f), _, Some(alg)) => match std::fs::read(resolve(base, f)) {
+            Ok(pem) => match keys::signing_key_from_pem(&pem, alg) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    issues.at(at("private_key_file"), format!("`{f}`: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                issues.at(at("private_key_file"), format!("cannot read `{f}`: {e}"));
+                None
+            }
+        },
+        (None, Some(s), Some(_)) => Some(EncodingKey::from_secret(s)),
+        _ => None,
+    };
+    let signing_kid = {
+        let kids: Vec<&String> = keys.keys.iter().filter_map(|k| k.kid.as_ref()).collect();
+        if kids.len() == 1 {
+            Some(kids[0].clone())
+        } else {
+            None
+        }
+    };
+    if issues.0.len() > before {
+        return None;
+    }
+    Some(Issuer {
+        name: Arc::from(name),
+        issuer,
+        audiences: i.audiences.clone().unwrap_or_default(),
+        algs,
+        algorithms,
+        keys,
+        leeway,
+        signing_key,
+        signing_kid,
+    })
+}
+
+fn build_route(
+    idx: usize,
+    r: &RouteFile,
+    cfg: &FileConfig,
+    upstream_names: &[String],
+    issuer_names: &[String],
+    issuers: &[Issuer],
+    issues: &mut Issues,
+) -> Option<(Route, Matcher)> {
+    let at = |k: &str| format!("routes.{idx}.{k}");
+    let here = format!("routes.{idx}");
+    let before = issues.0.len();
+    let upstream_name = r.upstream.as_deref()?;
+    let upstream = match upstream_names.iter().position(|n| n == upstream_name) {
+        Some(u) => u,
+        None => {
+            if !cfg.upstreams.contains_key(upstream_name) {
+                issues.at(at("upstream"), format!("unknown upstream `{upstream_name}` (define it as [upstreams.{upstream_name}])"));
+            }
+            usize::MAX
+        }
+    };
+    match (&r.path, &r.path_prefix) {
+        (None, None) => issues.at(here.clone(), "a route needs `path` or `path_prefix`"),
+        (Some(_), Some(_)) => issues.at(here.clone(), "give `path` or `path_prefix`, not both"),
+        (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+            let k = if r.path.is_some() {
+                "path"
+            } else {
+                "path_prefix"
+            };
+            issues.at(at(k), "paths start with `/`");
+        }
+        _ => {}
+    }
+    let auth = match r.auth.as_deref().unwrap_or("jwt") {
+        "jwt" => AuthMode::Jwt,
+        "none" => AuthMode::None,
+        "session" | "jwt_or_session" => {
+            issues.at(
+                at("auth"),
+                "session routes need [sessions], which this build does not support yet",
+            );
+            AuthMode::Session
+        }
+        other => {
+            issues.at(at("auth"), format!("unknown auth `{other}` (expected \"jwt\", \"session\", \"jwt_or_session\" or \"none\")"));
+            AuthMode::None
+        }
+    };
+    let mut route_issuers = Vec::new();
+    match &r.issuers {
+        Some(list) => {
+            for (n, name) in list.iter().enumerate() {
+                match issuer_names.iter().position(|x| x == name) {
+                    Some(i) => route_issuers.push(i),
+                    None if !cfg.issuers.contains_key(name) => issues.at(
+                        format!("routes.{idx}.issuers.{n}"),
+                        format!("unknown issuer `{name}` (define it as [issuers.{name}])"),
+                    ),
+                    None => {}
+                }
+            }
+        }
+        None => route_issuers.extend(0..issuers.len()),
+    }
+    if matches!(auth, AuthMode::Jwt | AuthMode::JwtOrSession)
+        && route_issuers.is_empty()
+        && cfg.issuers.is_empty()
+    {
+        issues.at(at("auth"), "a jwt route needs at least one [issuers.*]");
+    }
+    let mut algs = AlgSet::default();
+    for i in &route_issuers {
+        if let Some(iss) = issuers.get(*i) {
+            for a in iss.algs.iter() {
+                algs.insert(a);
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (h, claim) in &r.headers {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) if name.as_str().starts_with("x-auth-") => issues.at(
+                format!("routes.{idx}.headers.{h}"),
+                "X-Auth-* headers are the gateway's own; map claims to another name",
+            ),
+            Ok(name) if is_protected(&name) => issues.at(
+                format!("routes.{idx}.headers.{h}"),
+                format!("`{h}` cannot carry a claim"),
+            ),
+            Ok(name) => headers.push((name, claim.clone())),
+            Err(_) => issues.at(
+                format!("routes.{idx}.headers.{h}"),
+                format!("`{h}` is not a valid header name"),
+            ),
+        }
+    }
+    if r.assertion {
+        issues.at(
+            at("assertion"),
+            "identity assertions need [assertion], which this build does not support yet",
+        );
+    }
+    let methods = r
+        .methods
+        .as_ref()
+        .map(|m| m.iter().map(|s| s.to_ascii_uppercase()).collect())
+        .unwrap_or_default();
+    let name = r
+        .name
+        .clone()
+        .or_else(|| r.path.clone())
+        .or_else(|| r.path_prefix.clone())
+        .unwrap_or_else(|| format!("route{idx}"));
+    if issues.0.len() > before {
+        return None;
+    }
+    let require = r
+        .require
+        .as_ref()
+        .map(|q| Require {
+            roles: q.roles.clone(),
+            scopes: q.scopes.clone(),
+        })
+        .unwrap_or_default();
+    Some((
+        Route {
+            name,
+            upstream,
+            auth,
+            issuers: route_issuers,
+            algs,
+            require,
+            login_redirect: r.login_redirect.clone(),
+            headers,
+        },
+        Matcher {
+            path: r.path.clone(),
+            path_prefix: r.path_prefix.clone(),
+            host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            methods,
+        },
+    ))
+}
+
+/// Headers a claim mapping must never overwrite: hop-by-hop and framing
+/// headers, and the credentials that are forwarded unchanged.
+fn is_protected(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+            | "proxy-connection"
+            | "authorization"
+            | "cookie"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+    )
+}

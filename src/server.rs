@@ -1,0 +1,54 @@
+//! Wiring: the pingora server with the proxy service and the admin
+//! listener, built from a loaded runtime.
+
+use crate::admin::AdminApp;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::state::State;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Runs the gateway until a signal stops it (SIGTERM drains in-flight
+/// requests for the grace period; SIGINT stops at once).
+pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
+    let settings = runtime.server.clone();
+    let metrics = Metrics::new()?;
+    tracing::info!(summary = runtime.summary(), "starting");
+    let state = Arc::new(State::new(runtime, metrics, config_path));
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs().max(1)),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+        },
+        "authgate proxy",
+    );
+    proxy.add_tcp(&settings.listen);
+
+    let mut admin = Service::new("authgate admin".to_string(), AdminApp { state });
+    admin.add_tcp(&settings.admin_listen);
+    admin.threads = Some(1);
+
+    server.add_service(admin);
+    server.add_service(proxy);
+    server.run_forever()
+}
