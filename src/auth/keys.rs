@@ -242,7 +242,8 @@ fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
     parse_alg(&ka.to_string())
 }
 
-/// Parses a JWKS document. Keys whose `use` is not `sig`, or that serve no
+/// Parses a JWKS document. Keys whose `use` is not `sig`, whose `key_ops`
+/// lack `verify`, or that serve no
 /// algorithm authgate knows, are skipped; none left is an error.
 pub fn keys_from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
     let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
@@ -250,6 +251,13 @@ pub fn keys_from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
     for jwk in &set.keys {
         if let Some(u) = &jwk.common.public_key_use {
             if *u != jsonwebtoken::jwk::PublicKeyUse::Signature {
+                continue;
+            }
+        }
+        // RFC 7517 §4.3: a key whose `key_ops` do not include "verify" was
+        // not published for verifying signatures.
+        if let Some(ops) = &jwk.common.key_operations {
+            if !ops.contains(&jsonwebtoken::jwk::KeyOperations::Verify) {
                 continue;
             }
         }
