@@ -53,8 +53,10 @@ pub fn parse(token: &str) -> Result<Jws<'_>, Reason> {
         (Some(h), Some(p), Some(s), None) => (h, p, s),
         _ => return Err(Reason::Malformed),
     };
-    // An empty payload is a valid JWS (the claims check rejects it as a JWT).
-    if h.is_empty() || s.is_empty() {
+    // An empty payload is a valid JWS (the claims check rejects it as a JWT);
+    // an empty signature is refused by `verify`, after the algorithm check,
+    // so an unsigned `alg: none` token reports `alg_not_allowed`.
+    if h.is_empty() {
         return Err(Reason::Malformed);
     }
     let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| Reason::Malformed)?;
