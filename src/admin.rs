@@ -74,7 +74,21 @@ impl ServeHttp for AdminApp {
                 self.state.metrics.render(),
             ),
             ("GET", "/healthz") => json(200, "{\"status\":\"ok\"}"),
-            ("GET", "/readyz") => json(200, "{\"status\":\"ready\"}"),
+            ("GET", "/readyz") => match self.state.store.ping().await {
+                Ok(()) => json(200, "{\"status\":\"ready\"}"),
+                Err(e) => {
+                    self.state
+                        .metrics
+                        .store_errors
+                        .with_label_values(&["ping"])
+                        .inc();
+                    tracing::warn!(error = %e, op = "ping", "store error");
+                    json(
+                        503,
+                        "{\"status\":\"not_ready\",\"reason\":\"store_unavailable\"}",
+                    )
+                }
+            },
             (_, p) if p.starts_with("/admin/") || p == "/admin" => {
                 let rt = self.state.runtime();
                 let auth = req

@@ -4,8 +4,9 @@
 //! logic is unit-tested without a pingora session.
 
 use crate::auth;
+use crate::auth::session;
 use crate::denial::Reason;
-use crate::identity::{self, header_safe, Identity};
+use crate::identity::{self, header_safe, AuthMethod, Identity};
 use crate::router;
 use crate::runtime::{AuthMode, Runtime};
 use crate::state::State;
@@ -30,7 +31,7 @@ pub struct Ctx {
     /// The config snapshot this request runs on, loaded once.
     rt: Option<Arc<Runtime>>,
     route: Option<usize>,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     reason: Reason,
     auth_label: &'static str,
     peer: Option<IpAddr>,
@@ -41,6 +42,23 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// A 302 to the login page; `reason` is what the log and metrics record.
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: Reason,
+        location: String,
+    ) -> Result<bool> {
+        ctx.reason = reason;
+        let mut resp = ResponseHeader::build(302, Some(4))?;
+        resp.insert_header("Location", location)?;
+        resp.insert_header("Content-Length", "0")?;
+        resp.insert_header("Cache-Control", "no-store")?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+
     /// Writes a denial: status, challenge, JSON body, always with a
     /// Content-Length (pingora#766). The connection stays open only when the
     /// request has no body to drain.
@@ -63,6 +81,31 @@ impl Gateway {
             .await?;
         Ok(true)
     }
+}
+
+/// A browser navigation: GET or HEAD whose `Accept` mentions `text/html`.
+fn is_browser(req: &RequestHeader) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && req
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
+}
+
+/// `<login_redirect>?return_to=<url-encoded original path and query>`.
+fn login_location(base: &str, uri: &http::Uri) -> String {
+    let original = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let encoded =
+        percent_encoding::utf8_percent_encode(original, percent_encoding::NON_ALPHANUMERIC);
+    format!("{base}{sep}return_to={encoded}")
+}
+
+fn allowed_origins(rt: &Runtime) -> &[String] {
+    rt.sessions
+        .as_ref()
+        .map_or(&[], |s| s.allowed_origins.as_slice())
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -154,8 +197,20 @@ impl ProxyHttp for Gateway {
                 .observe(ctx.start.elapsed().as_secs_f64());
             return Ok(false);
         }
-        let result = auth::authenticate(&rt, route, &req.headers, auth::jwt::now_unix())
-            .and_then(|id| auth::authorize(&route.require, &id).map(|_| id));
+        if route.auth == AuthMode::JwtOrSession && auth::bearer(&req.headers).is_err() {
+            ctx.auth_label = "session";
+        }
+        let mut result = auth::authenticate(&self.state, &rt, route, &req.headers).await;
+        if let Ok(id) = &result {
+            // Cookies ride along on cross-site requests; bearer tokens don't.
+            if id.method == AuthMethod::Session
+                && session::is_unsafe(&req.method)
+                && !session::csrf_ok(&req.headers, "http", allowed_origins(&rt))
+            {
+                result = Err(Reason::Csrf);
+            }
+        }
+        let result = result.and_then(|id| auth::authorize(&route.require, &id).map(|_| id));
         self.state
             .metrics
             .auth_duration
@@ -167,7 +222,17 @@ impl ProxyHttp for Gateway {
                 ctx.identity = Some(id);
                 Ok(false)
             }
-            Err(reason) => self.deny(session, ctx, reason).await,
+            Err(reason) => {
+                if reason.response().status == 401
+                    && route.login_redirect.is_some()
+                    && is_browser(req)
+                {
+                    let location =
+                        login_location(route.login_redirect.as_deref().unwrap_or("/"), &req.uri);
+                    return self.redirect(session, ctx, reason, location).await;
+                }
+                self.deny(session, ctx, reason).await
+            }
         }
     }
 

@@ -18,4 +18,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod token;
+pub mod watch;

@@ -4,6 +4,7 @@
 //! consistent config from start to end.
 
 use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
+use crate::auth::session::{normalize_allowed, SessionSettings};
 use crate::config::file::{FileConfig, IssuerFile, RouteFile, UpstreamFile};
 use crate::config::Issues;
 use crate::router::{Matcher, Router};
@@ -113,10 +114,35 @@ pub struct Issuer {
     pub signing_kid: Option<String>,
 }
 
+/// Where shared state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis { url: String },
+}
+
+/// What a store failure means for checks that restrict (rate limits):
+/// `Deny` fails closed (503), `Allow` lets the request through. Sessions
+/// that cannot be read are always 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+/// The compiled `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    pub on_error: OnError,
+}
+
 /// Everything the proxy needs, compiled.
 pub struct Runtime {
     pub server: ServerSettings,
     pub admin_token: Option<Vec<u8>>,
+    pub store: StoreSettings,
+    pub sessions: Option<SessionSettings>,
     pub routes: Vec<Route>,
     pub router: Router,
     pub upstreams: Vec<Upstream>,
@@ -220,24 +246,8 @@ impl Runtime {
             )
         });
 
-        if let Some(store) = &cfg.store {
-            match store.kind.as_deref().unwrap_or("memory") {
-                "memory" => {}
-                "redis" | "redis_cluster" | "redis_sentinel" => issues.at(
-                    "store.kind",
-                    "this build supports only the embedded `memory` store so far",
-                ),
-                other => issues.at(
-                    "store.kind",
-                    format!("unknown store kind `{other}` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")"),
-                ),
-            }
-            if let Some(on) = store.on_error.as_deref() {
-                if on != "deny" && on != "allow" {
-                    issues.at("store.on_error", "expected \"deny\" or \"allow\"");
-                }
-            }
-        }
+        let store = build_store(&cfg, issues);
+        let sessions = build_sessions(&cfg, base, &store, issues);
 
         let mut upstream_names = Vec::new();
         let mut upstreams = Vec::new();
@@ -265,15 +275,14 @@ impl Runtime {
         }
         for (idx, r) in cfg.routes.iter().enumerate() {
             let at = |k: &str| format!("routes.{idx}.{k}");
-            if let Some((route, m)) = build_route(
-                idx,
-                r,
-                &cfg,
-                &upstream_names,
-                &issuer_names,
-                &issuers,
-                issues,
-            ) {
+            let built = Built {
+                cfg: &cfg,
+                upstream_names: &upstream_names,
+                issuer_names: &issuer_names,
+                issuers: &issuers,
+                have_sessions: sessions.is_some(),
+            };
+            if let Some((route, m)) = build_route(idx, r, &built, issues) {
                 for (h, _) in &route.headers {
                     if !mapped_headers.contains(h) {
                         mapped_headers.push(h.clone());
@@ -292,6 +301,8 @@ impl Runtime {
         Some(Runtime {
             server: server?,
             admin_token,
+            store,
+            sessions,
             router: Router::new(matchers),
             routes,
             upstreams,
@@ -316,6 +327,141 @@ impl Runtime {
             self.server.admin_listen
         )
     }
+}
+
+fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
+    let mut out = StoreSettings {
+        kind: StoreKind::Memory,
+        on_error: OnError::Deny,
+    };
+    let Some(store) = &cfg.store else { return out };
+    match store.on_error.as_deref() {
+        None | Some("deny") => {}
+        Some("allow") => out.on_error = OnError::Allow,
+        Some(other) => issues.at(
+            "store.on_error",
+            format!("unknown on_error `{other}` (expected \"deny\" or \"allow\")"),
+        ),
+    }
+    match store.kind.as_deref().unwrap_or("memory") {
+        "memory" => {}
+        "redis" => match &store.url {
+            Some(url) => match redis::Client::open(url.as_str()) {
+                Ok(_) => out.kind = StoreKind::Redis { url: url.clone() },
+                Err(e) => issues.at("store.url", format!("invalid Redis URL: {e}")),
+            },
+            None => issues.at("store", "store.kind = \"redis\" needs `url` (e.g. \"redis://127.0.0.1:6379/0\")"),
+        },
+        "redis_cluster" | "redis_sentinel" => issues.at(
+            "store.kind",
+            "this build supports the `memory` and `redis` stores so far",
+        ),
+        other => issues.at(
+            "store.kind",
+            format!("unknown store kind `{other}` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")"),
+        ),
+    }
+    if store.ca_file.is_some() {
+        issues.at(
+            "store.ca_file",
+            "Redis TLS (rediss://, ca_file) is not available in this build yet",
+        );
+    }
+    out
+}
+
+fn build_sessions(
+    cfg: &FileConfig,
+    base: &Path,
+    store: &StoreSettings,
+    issues: &mut Issues,
+) -> Option<SessionSettings> {
+    let s = cfg.sessions.as_ref()?;
+    let before = issues.0.len();
+    if store.kind == StoreKind::Memory
+        && cfg
+            .store
+            .as_ref()
+            .is_none_or(|st| st.kind.as_deref() != Some("redis"))
+    {
+        issues.at(
+            "sessions",
+            "[sessions] needs store.kind = \"redis\": sessions live in the login service's Redis (express-session + connect-redis), which the memory store cannot read",
+        );
+    }
+    let mut secrets = Vec::new();
+    for (i, var) in s.secrets_env.iter().flatten().enumerate() {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => secrets.push(v.into_bytes()),
+            Ok(_) => issues.at(
+                format!("sessions.secrets_env.{i}"),
+                format!("environment variable `{var}` is empty"),
+            ),
+            Err(_) => issues.at(
+                format!("sessions.secrets_env.{i}"),
+                format!("environment variable `{var}` is not set"),
+            ),
+        }
+    }
+    for (i, f) in s.secrets_files.iter().flatten().enumerate() {
+        match read_secret_file(&resolve(base, f)) {
+            Ok(v) if !v.is_empty() => secrets.push(v),
+            Ok(_) => issues.at(
+                format!("sessions.secrets_files.{i}"),
+                format!("secret file `{f}` is empty"),
+            ),
+            Err(e) => issues.at(
+                format!("sessions.secrets_files.{i}"),
+                format!("cannot read secret file `{f}`: {e}"),
+            ),
+        }
+    }
+    if s.secrets_env.is_none() && s.secrets_files.is_none() {
+        issues.at("sessions", "[sessions] needs the cookie-signing secrets: secrets_env = [...] or secrets_files = [...]");
+    }
+    let subject = match s.identity.as_ref().and_then(|i| i.subject.clone()) {
+        Some(p) if !p.is_empty() => p,
+        _ => {
+            issues.at("sessions", "[sessions] needs identity = { subject = \"<path of the user id in the session>\" }");
+            String::new()
+        }
+    };
+    let mut allowed_origins = Vec::new();
+    for (i, o) in s.allowed_origins.iter().enumerate() {
+        match normalize_allowed(o) {
+            Some(n) => allowed_origins.push(n),
+            None => issues.at(
+                format!("sessions.allowed_origins.{i}"),
+                format!("`{o}` is not an origin like \"https://app.example.com\""),
+            ),
+        }
+    }
+    let mut dur = |key: &str, v: &Option<String>, default: u64| match v.as_deref().map(duration) {
+        None => Duration::from_secs(default),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            issues.at(format!("sessions.{key}"), e);
+            Duration::ZERO
+        }
+    };
+    let touch_interval = dur("touch_interval", &s.touch_interval, 60);
+    let cache_ttl = dur("cache_ttl", &s.cache_ttl, 300);
+    if issues.0.len() > before {
+        return None;
+    }
+    Some(SessionSettings {
+        cookie: s.cookie.clone().unwrap_or_else(|| "connect.sid".into()),
+        secrets,
+        key_prefix: s.key_prefix.clone().unwrap_or_else(|| "sess:".into()),
+        rolling: s.rolling,
+        touch_interval,
+        subject,
+        email: s.identity.as_ref().and_then(|i| i.email.clone()),
+        roles: s.identity.as_ref().and_then(|i| i.roles.clone()),
+        allowed_origins,
+        cache_ttl,
+        cache_size: s.cache_size.unwrap_or(100_000),
+    })
 }
 
 fn build_server(cfg: &FileConfig, issues: &mut Issues) -> Option<ServerSettings> {
@@ -612,15 +758,28 @@ fn build_issuer(name: &str, i: &IssuerFile, base: &Path, issues: &mut Issues) ->
     })
 }
 
+/// What routes refer to, built before them.
+struct Built<'a> {
+    cfg: &'a FileConfig,
+    upstream_names: &'a [String],
+    issuer_names: &'a [String],
+    issuers: &'a [Issuer],
+    have_sessions: bool,
+}
+
 fn build_route(
     idx: usize,
     r: &RouteFile,
-    cfg: &FileConfig,
-    upstream_names: &[String],
-    issuer_names: &[String],
-    issuers: &[Issuer],
+    b: &Built,
     issues: &mut Issues,
 ) -> Option<(Route, Matcher)> {
+    let Built {
+        cfg,
+        upstream_names,
+        issuer_names,
+        issuers,
+        have_sessions,
+    } = *b;
     let at = |k: &str| format!("routes.{idx}.{k}");
     let here = format!("routes.{idx}");
     let before = issues.0.len();
@@ -650,13 +809,8 @@ fn build_route(
     let auth = match r.auth.as_deref().unwrap_or("jwt") {
         "jwt" => AuthMode::Jwt,
         "none" => AuthMode::None,
-        "session" | "jwt_or_session" => {
-            issues.at(
-                at("auth"),
-                "session routes need [sessions], which this build does not support yet",
-            );
-            AuthMode::Session
-        }
+        "session" => AuthMode::Session,
+        "jwt_or_session" => AuthMode::JwtOrSession,
         other => {
             issues.at(at("auth"), format!("unknown auth `{other}` (expected \"jwt\", \"session\", \"jwt_or_session\" or \"none\")"));
             AuthMode::None
@@ -677,6 +831,15 @@ fn build_route(
             }
         }
         None => route_issuers.extend(0..issuers.len()),
+    }
+    if matches!(auth, AuthMode::Session | AuthMode::JwtOrSession) && !have_sessions {
+        issues.at(at("auth"), "session routes need a valid [sessions] section");
+    }
+    if r.login_redirect.is_some() && !matches!(auth, AuthMode::Session | AuthMode::JwtOrSession) {
+        issues.at(
+            at("login_redirect"),
+            "login_redirect applies to session routes (auth = \"session\" or \"jwt_or_session\")",
+        );
     }
     if matches!(auth, AuthMode::Jwt | AuthMode::JwtOrSession)
         && route_issuers.is_empty()

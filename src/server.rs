@@ -6,8 +6,10 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::state::State;
+use crate::watch::SessionWatcher;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
 
@@ -16,6 +18,8 @@ use std::sync::Arc;
 pub enum StartError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Runs the gateway until a signal stops it (SIGTERM drains in-flight
@@ -24,7 +28,7 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     let settings = runtime.server.clone();
     let metrics = Metrics::new()?;
     tracing::info!(summary = runtime.summary(), "starting");
-    let state = Arc::new(State::new(runtime, metrics, config_path));
+    let state = Arc::new(State::new(runtime, metrics, config_path)?);
 
     let conf = ServerConf {
         threads: settings.threads,
@@ -44,10 +48,23 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     );
     proxy.add_tcp(&settings.listen);
 
-    let mut admin = Service::new("authgate admin".to_string(), AdminApp { state });
+    let mut admin = Service::new(
+        "authgate admin".to_string(),
+        AdminApp {
+            state: state.clone(),
+        },
+    );
     admin.add_tcp(&settings.admin_listen);
     admin.threads = Some(1);
 
+    if state.sessions.is_some() && state.redis.is_some() {
+        server.add_service(background_service(
+            "session invalidations",
+            SessionWatcher {
+                state: state.clone(),
+            },
+        ));
+    }
     server.add_service(admin);
     server.add_service(proxy);
     server.run_forever()

@@ -1,8 +1,13 @@
 //! What the proxy, the admin listener and background tasks share: the
-//! current runtime (swapped whole on reload, read lock-free) and the metrics.
+//! current runtime (swapped whole on reload, read lock-free), the store, the
+//! session cache and the metrics.
 
+use crate::auth::cache::SessionCache;
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, StoreKind};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -10,17 +15,44 @@ use std::sync::Arc;
 pub struct State {
     runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+    /// The Redis store itself when there is one (background watchers).
+    pub redis: Option<Arc<RedisStore>>,
+    /// Present when `[sessions]` is configured.
+    pub sessions: Option<Arc<SessionCache>>,
     /// The config file path as given on the command line (for reloads).
     pub config_path: String,
 }
 
 impl State {
-    pub fn new(runtime: Runtime, metrics: Metrics, config_path: String) -> State {
-        State {
+    /// Builds the shared state; the store connects lazily, on first use.
+    pub fn new(
+        runtime: Runtime,
+        metrics: Metrics,
+        config_path: String,
+    ) -> Result<State, StoreError> {
+        let (store, redis): (Arc<dyn Store>, Option<Arc<RedisStore>>) = match &runtime.store.kind {
+            StoreKind::Memory => (Arc::new(MemoryStore), None),
+            StoreKind::Redis { url } => {
+                let r = Arc::new(RedisStore::new(url)?);
+                (r.clone(), Some(r))
+            }
+        };
+        let sessions = runtime.sessions.as_ref().map(|s| {
+            Arc::new(SessionCache::new(
+                s.cache_size,
+                s.cache_ttl,
+                s.key_prefix.clone(),
+            ))
+        });
+        Ok(State {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
+            store,
+            redis,
+            sessions,
             config_path,
-        }
+        })
     }
 
     /// The current config snapshot: a request loads it once and keeps it.

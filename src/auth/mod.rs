@@ -2,14 +2,18 @@
 //! [`Reason`] out. Takes plain values (headers, the runtime snapshot), so it
 //! is tested without a proxy session.
 
+pub mod cache;
 pub mod jwt;
 pub mod keys;
+pub mod session;
 
 use crate::denial::Reason;
 use crate::identity::Identity;
 use crate::runtime::{AuthMode, Require, Route, Runtime};
+use crate::state::State;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
+use std::sync::Arc;
 
 /// The Bearer token of a request. No `Authorization`, or another scheme, is
 /// `missing_credentials`; two `Authorization` headers or an empty or
@@ -35,19 +39,40 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Reason> {
     Ok(token)
 }
 
-/// Authenticates a request on `route`. `None`-auth routes never get here.
-pub fn authenticate(
+/// Authenticates a request on `route` (`None`-auth routes never get
+/// here). `jwt_or_session`: a Bearer token decides alone; without one
+/// (no `Authorization`, or another scheme) the session cookie is tried.
+pub async fn authenticate(
+    state: &State,
     rt: &Runtime,
     route: &Route,
     headers: &HeaderMap,
-    now: i64,
-) -> Result<Identity, Reason> {
+) -> Result<Arc<Identity>, Reason> {
+    let jwt = |token: &str| verify_token(rt, route, token, jwt::now_unix()).map(Arc::new);
     match route.auth {
         AuthMode::None => Err(Reason::Ok),
-        AuthMode::Jwt | AuthMode::JwtOrSession | AuthMode::Session => {
-            let token = bearer(headers)?;
-            verify_token(rt, route, token, now)
+        AuthMode::Jwt => jwt(bearer(headers)?),
+        AuthMode::Session => by_session(state, rt, headers).await,
+        AuthMode::JwtOrSession => match bearer(headers) {
+            Ok(token) => jwt(token),
+            Err(Reason::MissingCredentials) => by_session(state, rt, headers).await,
+            Err(e) => Err(e),
+        },
+    }
+}
+
+async fn by_session(
+    state: &State,
+    rt: &Runtime,
+    headers: &HeaderMap,
+) -> Result<Arc<Identity>, Reason> {
+    match (&rt.sessions, &state.sessions) {
+        (Some(settings), Some(cache)) => {
+            session::authenticate(settings, cache, &state.store, &state.metrics, headers).await
         }
+        // A session route is only accepted by `check` with [sessions]; a
+        // reload cannot add one without a restart, so fail closed.
+        _ => Err(Reason::StoreUnavailable),
     }
 }
 

@@ -18,8 +18,37 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamFile>,
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerFile>,
+    pub sessions: Option<SessionsFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+/// `[sessions]`: express-session + connect-redis compatible cookies.
+#[derive(Debug, Default, Deserialize)]
+pub struct SessionsFile {
+    pub cookie: Option<String>,
+    pub secrets_env: Option<Vec<String>>,
+    pub secrets_files: Option<Vec<String>>,
+    pub key_prefix: Option<String>,
+    #[serde(default)]
+    pub rolling: bool,
+    /// Least time between two TTL refreshes of one session (rolling).
+    pub touch_interval: Option<String>,
+    pub identity: Option<SessionIdentityFile>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Longest time a looked-up session is served from the local cache.
+    pub cache_ttl: Option<String>,
+    /// Most sessions kept in the local cache.
+    pub cache_size: Option<usize>,
+}
+
+/// `identity = { subject = "userId", email = "email", roles = "role" }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SessionIdentityFile {
+    pub subject: Option<String>,
+    pub email: Option<String>,
+    pub roles: Option<String>,
 }
 
 /// `[server]`: listeners and process settings (bound at start-up).

@@ -1,0 +1,151 @@
+//! Local caches on the request path. [`SessionCache`] holds looked-up
+//! sessions so a session route costs no Redis round trip at steady state;
+//! Redis's own invalidations (client tracking) evict entries within
+//! milliseconds, and an entry never outlives the key's TTL in Redis or the
+//! configured cache TTL. While invalidations are not flowing (start-up, a
+//! lost connection) nothing is cached, so the 1-second promise holds.
+
+use crate::identity::Identity;
+use quick_cache::sync::Cache;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A cached session.
+#[derive(Debug)]
+pub struct CachedSession {
+    pub identity: Arc<Identity>,
+    /// `cookie.expires` of the stored session (unix ms), checked on every hit.
+    pub expires_ms: Option<i64>,
+    /// `cookie.originalMaxAge` (ms): what a rolling touch re-arms the TTL to.
+    pub original_max_age_ms: Option<u64>,
+    /// After this the entry is stale (cache TTL or the key's Redis TTL).
+    pub valid_until: Instant,
+    /// Unix ms of the last rolling touch (0 = never).
+    pub last_touch_ms: AtomicI64,
+}
+
+/// Sessions by sid.
+pub struct SessionCache {
+    map: Cache<String, Arc<CachedSession>>,
+    /// Bumped by every invalidation: a lookup that started before one must
+    /// not cache what it read (it may predate the change).
+    generation: AtomicU64,
+    tracking: AtomicBool,
+    prefix: String,
+    pub ttl: Duration,
+}
+
+impl SessionCache {
+    pub fn new(capacity: usize, ttl: Duration, prefix: String) -> SessionCache {
+        SessionCache {
+            map: Cache::new(capacity.max(1)),
+            generation: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
+            prefix,
+            ttl,
+        }
+    }
+
+    /// A fresh entry for `sid`, if any.
+    pub fn get(&self, sid: &str) -> Option<Arc<CachedSession>> {
+        let e = self.map.get(sid)?;
+        if Instant::now() >= e.valid_until {
+            self.map.remove(sid);
+            return None;
+        }
+        Some(e)
+    }
+
+    /// The generation to pass to [`SessionCache::insert`], read before the
+    /// store lookup.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches a looked-up session unless an invalidation arrived since
+    /// `generation` or invalidations are not flowing.
+    pub fn insert(&self, sid: &str, generation: u64, entry: Arc<CachedSession>) {
+        if !self.tracking.load(Ordering::Acquire) || self.generation() != generation {
+            return;
+        }
+        self.map.insert(sid.to_string(), entry);
+        // An invalidation may have landed between the check and the insert.
+        if self.generation() != generation {
+            self.map.remove(sid);
+        }
+    }
+
+    /// Evicts one Redis key (`None`: everything).
+    pub fn invalidate(&self, key: Option<&[u8]>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match key.and_then(|k| k.strip_prefix(self.prefix.as_bytes())) {
+            Some(sid) => {
+                if let Ok(sid) = std::str::from_utf8(sid) {
+                    self.map.remove(sid);
+                }
+            }
+            None if key.is_some() => {}
+            None => self.map.clear(),
+        }
+    }
+
+    /// Whether Redis invalidations currently reach this cache.
+    pub fn set_tracking(&self, on: bool) {
+        self.tracking.store(on, Ordering::Release);
+        if !on {
+            self.invalidate(None);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::AuthMethod;
+
+    fn entry() -> Arc<CachedSession> {
+        Arc::new(CachedSession {
+            identity: Arc::new(Identity {
+                method: AuthMethod::Session,
+                subject: Some("u".into()),
+                issuer: None,
+                email: None,
+                roles: vec![],
+                scopes: vec![],
+                claims: Arc::new(Default::default()),
+            }),
+            expires_ms: None,
+            original_max_age_ms: None,
+            valid_until: Instant::now() + Duration::from_secs(60),
+            last_touch_ms: AtomicI64::new(0),
+        })
+    }
+
+    #[test]
+    fn no_caching_without_tracking_and_invalidation_evicts() {
+        let c = SessionCache::new(100, Duration::from_secs(60), "sess:".into());
+        c.insert("a", c.generation(), entry());
+        assert!(c.get("a").is_none(), "cached while not tracking");
+        c.set_tracking(true);
+        c.insert("a", c.generation(), entry());
+        assert!(c.get("a").is_some());
+        c.invalidate(Some(b"sess:a"));
+        assert!(c.get("a").is_none());
+        let g = c.generation();
+        c.invalidate(Some(b"sess:other"));
+        c.insert("a", g, entry());
+        assert!(
+            c.get("a").is_none(),
+            "a lookup older than an invalidation was cached"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! The only door to shared state. The request path never waits on it except
+//! for a session cache miss (and, later, one atomic call on rate-limited
+//! routes); everything else is mirrored locally. Errors are typed and never
+//! read as "absent": a session that cannot be read is a 503, never a 401.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+
+/// A stored session as read: the raw JSON and the key's remaining TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub json: String,
+    /// Milliseconds until Redis expires the key; `None` when it has no TTL.
+    pub ttl_ms: Option<u64>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unreachable: {0}")]
+    Unavailable(String),
+    #[error("the memory store does not hold {0}")]
+    Unsupported(&'static str),
+}
+
+/// Shared state operations.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `memory` or `redis` (logs, readiness).
+    fn kind(&self) -> &'static str;
+    /// Reads a session by its full key.
+    async fn get_session(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Re-arms a session key's TTL (rolling sessions).
+    async fn touch_session(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError>;
+    /// Answers when the store is reachable (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

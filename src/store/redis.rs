@@ -1,0 +1,196 @@
+//! The Redis store. Commands go over one multiplexed `ConnectionManager`
+//! (automatic reconnection), created lazily inside the runtime that first
+//! needs it (pingora builds its runtimes in `run()`, so nothing that spawns
+//! tasks may be created before). Invalidation of cached sessions comes from
+//! Redis itself: [`RedisStore::watch_invalidations`] keeps a dedicated RESP3
+//! connection with `CLIENT TRACKING ON BCAST PREFIX <key_prefix>`, which works
+//! on a Redis in its default configuration (no `notify-keyspace-events`).
+
+use super::{SessionRecord, Store, StoreError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, PushKind, Value};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Per-command timeout: a paused or unreachable Redis costs a request at
+/// most this long before the route's `on_error` decides.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connection attempt timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A Redis-backed store.
+pub struct RedisStore {
+    client: Client,
+    url: String,
+    conn: OnceCell<ConnectionManager>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Validates the URL; connects on first use.
+    pub fn new(url: &str) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url).map_err(unavailable)?;
+        Ok(RedisStore {
+            client,
+            url: url.to_string(),
+            conn: OnceCell::new(),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        self.conn
+            .get_or_try_init(|| async {
+                self.client
+                    .get_connection_manager_with_config(cfg)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Keeps a tracking connection open until `shutdown`: every key under
+    /// `prefix` that is written, deleted or expires in Redis is passed to
+    /// `invalidate` (`None` = forget everything: a flush, or a lost
+    /// connection during which invalidations may have been missed).
+    /// `tracking(true)` is called once invalidations flow, `tracking(false)`
+    /// whenever they may not.
+    pub async fn watch_invalidations(
+        &self,
+        prefix: &str,
+        invalidate: &(dyn Fn(Option<&[u8]>) + Send + Sync),
+        tracking: &(dyn Fn(bool) + Send + Sync),
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let resp3_url = if self.url.contains('?') {
+            format!("{}&protocol=resp3", self.url)
+        } else {
+            format!("{}?protocol=resp3", self.url)
+        };
+        loop {
+            tracking(false);
+            invalidate(None);
+            if let Err(e) = self
+                .track_once(&resp3_url, prefix, invalidate, tracking, &mut shutdown)
+                .await
+            {
+                tracing::warn!(error = %e, "session invalidation channel lost; reconnecting");
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    async fn track_once(
+        &self,
+        url: &str,
+        prefix: &str,
+        invalidate: &(dyn Fn(Option<&[u8]>) + Send + Sync),
+        tracking: &(dyn Fn(bool) + Send + Sync),
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        let client = Client::open(url).map_err(unavailable)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(tx);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(unavailable)?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(prefix)
+            .exec_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        tracking(true);
+        tracing::info!(prefix, "session invalidation tracking on");
+        let mut ping = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = ping.tick() => {
+                    // A silent network partition shows up here, not as a push.
+                    redis::cmd("PING").exec_async(&mut conn).await.map_err(unavailable)?;
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return Err(StoreError::Unavailable("push channel closed".into())) };
+                    match msg.kind {
+                        PushKind::Invalidate => match msg.data.first() {
+                            Some(Value::Array(keys)) => {
+                                for k in keys {
+                                    if let Value::BulkString(b) = k {
+                                        invalidate(Some(b));
+                                    }
+                                }
+                            }
+                            _ => invalidate(None),
+                        },
+                        PushKind::Disconnection => {
+                            return Err(StoreError::Unavailable("disconnected".into()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get_session(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (json, pttl): (Option<String>, i64) = redis::pipe()
+            .get(key)
+            .pttl(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(json.map(|json| SessionRecord {
+            json,
+            ttl_ms: u64::try_from(pttl).ok(),
+        }))
+    }
+
+    async fn touch_session(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(ttl_ms)
+            .exec_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING")
+            .exec_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}
