@@ -2,10 +2,15 @@
 //! behind the admin bearer token (compared in constant time; 404 when no
 //! token is configured, so an unconfigured admin API does not exist).
 
+use crate::auth::jwt::now_unix;
+use crate::revocation::{Revocation, MAX_ID_LEN};
+use crate::runtime::Runtime;
 use crate::state::State;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::Value;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -61,6 +66,200 @@ pub fn check_admin(configured: Option<&[u8]>, authorization: Option<&[u8]>) -> A
     }
 }
 
+/// Largest admin request body read (bytes); more is a 413.
+pub const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, http::Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(json(413, "{\"error\":\"payload_too_large\"}"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(json(
+                    400,
+                    "{\"error\":\"bad_request\",\"message\":\"cannot read the request body\"}",
+                ))
+            }
+        }
+    }
+}
+
+/// The body of `POST /admin/revoke`: exactly one of `jti` (with `exp`),
+/// `sub` (optionally narrowed by `iss`, an issuer's config name), `session`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub jti: Option<String>,
+    pub exp: Option<i64>,
+    pub sub: Option<String>,
+    pub iss: Option<String>,
+    pub session: Option<String>,
+}
+
+fn bad(message: impl Into<String>) -> (u16, Value) {
+    (
+        400,
+        serde_json::json!({"error": "bad_request", "message": message.into()}),
+    )
+}
+
+fn id_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN
+}
+
+/// Validates a revoke request into a [`Revocation`].
+pub fn parse_revoke(body: &[u8], rt: &Runtime, now: i64) -> Result<Revocation, (u16, Value)> {
+    let req: RevokeRequest = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "expected a JSON object with jti+exp, sub (+iss) or session: {e}"
+        ))
+    })?;
+    let given = [req.jti.is_some(), req.sub.is_some(), req.session.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        return Err(bad(
+            "give exactly one of `jti` (with `exp`), `sub` or `session`",
+        ));
+    }
+    if req.iss.is_some() && req.sub.is_none() {
+        return Err(bad(
+            "`iss` narrows a `sub` revocation; it goes with `sub` only",
+        ));
+    }
+    if req.exp.is_some() && req.jti.is_none() {
+        return Err(bad("`exp` goes with `jti` only"));
+    }
+    if let Some(jti) = req.jti {
+        let exp = req
+            .exp
+            .ok_or_else(|| bad("`exp` (unix seconds) is required with `jti`"))?;
+        if !id_ok(&jti) {
+            return Err(bad(format!("`jti` must be 1 to {MAX_ID_LEN} bytes")));
+        }
+        if exp <= 0 {
+            return Err(bad("`exp` must be a positive unix time in seconds"));
+        }
+        return Ok(Revocation::Jti { jti, exp });
+    }
+    if let Some(sub) = req.sub {
+        if !id_ok(&sub) {
+            return Err(bad(format!("`sub` must be 1 to {MAX_ID_LEN} bytes")));
+        }
+        if let Some(iss) = &req.iss {
+            if rt.issuer(iss).is_none() {
+                return Err(bad(format!(
+                    "unknown issuer `{iss}` (use an [issuers.NAME] name)"
+                )));
+            }
+        }
+        return Ok(Revocation::Sub {
+            sub,
+            iss: req.iss,
+            before: now,
+        });
+    }
+    let sid = req.session.unwrap_or_default();
+    if !id_ok(&sid) || sid.contains(['\r', '\n']) {
+        return Err(bad(format!(
+            "`session` must be a session id of 1 to {MAX_ID_LEN} bytes"
+        )));
+    }
+    if rt.sessions.is_none() {
+        return Err(bad(
+            "no [sessions] configured: there is no session to destroy",
+        ));
+    }
+    Ok(Revocation::Session { sid })
+}
+
+/// Records a revocation in the store (atomically announced to every
+/// instance) and in this instance's mirror. A store failure is a loud 503:
+/// the revocation is enforced here but not yet elsewhere, so the caller must
+/// retry.
+pub async fn revoke(state: &State, rt: &Runtime, body: &[u8], who: &str) -> (u16, Value) {
+    let now = now_unix();
+    let r = match parse_revoke(body, rt, now) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let session_key = match (&r, &rt.sessions) {
+        (Revocation::Session { sid }, Some(s)) => Some(format!("{}{}", s.key_prefix, sid)),
+        _ => None,
+    };
+    if let Some(k) = &session_key {
+        if let Some(cache) = &state.sessions {
+            cache.invalidate(Some(k.as_bytes()));
+        }
+    }
+    if let Err(e) = state.revocations.apply(&r, now) {
+        tracing::error!(error = %e, kind = r.kind(), "revocation refused");
+        return (
+            507,
+            serde_json::json!({"error": "insufficient_storage", "message": e.to_string()}),
+        );
+    }
+    state.publish_mirror_size();
+    let (what, detail) = match &r {
+        Revocation::Jti { jti, exp } => ("jti", serde_json::json!({"jti": jti, "exp": exp})),
+        Revocation::Sub { sub, iss, before } => (
+            "sub",
+            serde_json::json!({"sub": sub, "iss": iss, "before": before}),
+        ),
+        Revocation::Session { sid } => ("session", serde_json::json!({"session": sid})),
+    };
+    if let Err(e) = state.store.revoke(&r, session_key.as_deref()).await {
+        state
+            .metrics
+            .store_errors
+            .with_label_values(&["revocation_write"])
+            .inc();
+        tracing::error!(error = %e, kind = what, by = who, op = "revocation_write", "revocation NOT stored: enforced on this instance only");
+        return (
+            503,
+            serde_json::json!({"error": "unavailable", "reason": "store_unavailable",
+                "message": format!("the revocation was not stored ({e}); it is enforced on this instance only: retry")}),
+        );
+    }
+    state.metrics.revocations.with_label_values(&[what]).inc();
+    match &r {
+        Revocation::Jti { jti, exp } => {
+            tracing::info!(kind = what, jti = jti.as_str(), exp, by = who, "revocation")
+        }
+        Revocation::Sub { sub, iss, before } => tracing::info!(
+            kind = what,
+            sub = sub.as_str(),
+            iss = iss.as_deref(),
+            before,
+            by = who,
+            "revocation"
+        ),
+        // A session id is half a credential: log a digest, not the id.
+        Revocation::Session { sid } => {
+            tracing::info!(kind = what, session_sha256 = %short_digest(sid), by = who, "revocation")
+        }
+    }
+    let mut out = serde_json::json!({"revoked": what});
+    if let (Some(o), Value::Object(d)) = (out.as_object_mut(), detail) {
+        o.extend(d);
+    }
+    (200, out)
+}
+
+/// The first 16 hex digits of SHA-256: enough to correlate, not to use.
+pub fn short_digest(s: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(s.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
@@ -98,7 +297,28 @@ impl ServeHttp for AdminApp {
                 match check_admin(rt.admin_token.as_deref(), auth) {
                     AdminAuth::NotConfigured => json(404, "{\"error\":\"not_found\"}"),
                     AdminAuth::Unauthorized => json(401, "{\"error\":\"unauthorized\"}"),
-                    AdminAuth::Ok => json(404, "{\"error\":\"not_found\"}"),
+                    AdminAuth::Ok => match (method.as_str(), path.as_str()) {
+                        ("POST", "/admin/revoke") => {
+                            let peer = session
+                                .client_addr()
+                                .and_then(|a| a.as_inet())
+                                .map(|a| a.ip().to_string())
+                                .unwrap_or_default();
+                            match read_body(session).await {
+                                Ok(body) => {
+                                    let (status, out) =
+                                        revoke(&self.state, &rt, &body, &peer).await;
+                                    respond(
+                                        status,
+                                        "application/json",
+                                        out.to_string().into_bytes(),
+                                    )
+                                }
+                                Err(resp) => resp,
+                            }
+                        }
+                        _ => json(404, "{\"error\":\"not_found\"}"),
+                    },
                 }
             }
             _ => json(404, "{\"error\":\"not_found\"}"),

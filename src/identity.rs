@@ -36,6 +36,10 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Every claim (or session field), for route header mappings.
     pub claims: Arc<Map<String, Value>>,
+    /// The token's `jti` (revocation by token).
+    pub jti: Option<String>,
+    /// The token's `iat` in unix seconds (revocation by subject).
+    pub iat: Option<i64>,
 }
 
 /// Roles from `roles` or `role`: a string (one role) or an array of strings.
@@ -76,6 +80,14 @@ impl Identity {
             .get("email")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let iat = claims.get("iat").and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        });
         Identity {
             method: AuthMethod::Jwt,
             subject,
@@ -84,6 +96,8 @@ impl Identity {
             roles: roles_of(&claims),
             scopes: scopes_of(&claims),
             claims: Arc::new(claims),
+            jti,
+            iat,
         }
     }
 

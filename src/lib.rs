@@ -7,6 +7,7 @@
 //! listener, `metrics` the contract's metrics, `server` wires it all up.
 
 pub mod admin;
+pub mod admin_client;
 pub mod auth;
 pub mod config;
 pub mod denial;
@@ -14,6 +15,7 @@ pub mod echo;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
+pub mod revocation;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -41,6 +41,31 @@ enum Command {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Revoke a token (--jti with --exp), every token of a subject (--sub,
+    /// optionally --iss), or a session (--session) through a running
+    /// gateway's admin API.
+    Revoke {
+        #[arg(long, conflicts_with_all = ["sub", "session"], requires = "exp")]
+        jti: Option<String>,
+        /// The revoked token's exp (unix seconds): it is forgotten after that.
+        #[arg(long)]
+        exp: Option<i64>,
+        #[arg(long, conflicts_with = "session")]
+        sub: Option<String>,
+        /// Narrow a --sub revocation to one issuer (its config name).
+        #[arg(long, requires = "sub")]
+        iss: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(
+            long,
+            env = "AUTHGATE_ADMIN_URL",
+            default_value = "http://127.0.0.1:9090"
+        )]
+        admin_url: String,
+        #[arg(long, env = "AUTHGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Run a demo backend that echoes each request as JSON (for the quick start).
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -126,6 +151,46 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("authgate: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Revoke {
+            jti,
+            exp,
+            sub,
+            iss,
+            session,
+            admin_url,
+            token,
+        } => {
+            let body = serde_json::json!({"jti": jti, "exp": exp, "sub": sub, "iss": iss, "session": session});
+            let body = match body {
+                serde_json::Value::Object(m) => {
+                    serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect())
+                }
+                other => other,
+            };
+            if body.as_object().is_some_and(|m| m.is_empty()) {
+                eprintln!("authgate revoke: give --jti (with --exp), --sub or --session");
+                return ExitCode::from(2);
+            }
+            match authgate::admin_client::post_json(
+                &admin_url,
+                &token,
+                "/admin/revoke",
+                &body.to_string(),
+            ) {
+                Ok((200, out)) => {
+                    println!("{}", out.trim());
+                    ExitCode::SUCCESS
+                }
+                Ok((status, out)) => {
+                    eprintln!("authgate revoke: {status} {}", out.trim());
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("authgate revoke: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -2,7 +2,9 @@
 //! hides in a static) and shared by the proxy and the admin listener through
 //! their own registry.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric authgate exports.
 pub struct Metrics {
@@ -15,6 +17,7 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub revocation_mirror: IntGaugeVec,
 }
 
 const AUTH_BUCKETS: &[f64] = &[
@@ -83,6 +86,14 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(upstream_duration.clone()))?;
+        let revocation_mirror = IntGaugeVec::new(
+            Opts::new(
+                "authgate_revocation_mirror_entries",
+                "Revocations held in this instance's local mirror, by kind (jti, sub).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(revocation_mirror.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -93,6 +104,7 @@ impl Metrics {
             store_errors,
             jwks_refresh,
             config_reloads,
+            revocation_mirror,
         })
     }
 

@@ -6,7 +6,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::state::State;
-use crate::watch::SessionWatcher;
+use crate::watch::{RevocationWatcher, SessionWatcher};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -65,6 +65,12 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
             },
         ));
     }
+    server.add_service(background_service(
+        "revocations",
+        RevocationWatcher {
+            state: state.clone(),
+        },
+    ));
     server.add_service(admin);
     server.add_service(proxy);
     server.run_forever()

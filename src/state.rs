@@ -4,11 +4,13 @@
 
 use crate::auth::cache::SessionCache;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::runtime::{Runtime, StoreKind};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Shared process state.
@@ -20,6 +22,10 @@ pub struct State {
     pub redis: Option<Arc<RedisStore>>,
     /// Present when `[sessions]` is configured.
     pub sessions: Option<Arc<SessionCache>>,
+    /// The local revocation mirror every request consults.
+    pub revocations: Revocations,
+    /// Whether the mirror has been read from the store once (readiness).
+    pub revocations_synced: AtomicBool,
     /// The config file path as given on the command line (for reloads).
     pub config_path: String,
 }
@@ -51,8 +57,23 @@ impl State {
             store,
             redis,
             sessions,
+            revocations: Revocations::default(),
+            revocations_synced: AtomicBool::new(false),
             config_path,
         })
+    }
+
+    /// Updates the mirror-size gauges.
+    pub fn publish_mirror_size(&self) {
+        let (jtis, subs) = self.revocations.sizes();
+        self.metrics
+            .revocation_mirror
+            .with_label_values(&["jti"])
+            .set(jtis as i64);
+        self.metrics
+            .revocation_mirror
+            .with_label_values(&["sub"])
+            .set(subs as i64);
     }
 
     /// The current config snapshot: a request loads it once and keeps it.

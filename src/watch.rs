@@ -2,11 +2,18 @@
 //! run on their own pingora runtime, so the proxy's workers never do this
 //! work, and they stop with the server's shutdown signal.
 
+use crate::auth::jwt::now_unix;
+use crate::revocation::Revocation;
 use crate::state::State;
+use crate::store::redis::{RedisStore, REVOCATION_CHANNEL};
+use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use redis::PushKind;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Evicts cached sessions as Redis reports their keys changed.
 pub struct SessionWatcher {
@@ -27,5 +34,127 @@ impl BackgroundService for SessionWatcher {
         redis
             .watch_invalidations(&settings.key_prefix, &invalidate, &tracking, shutdown)
             .await;
+    }
+}
+
+/// How often the revocation mirror is fully re-read from Redis (and pruned),
+/// so a lost pub/sub message heals within this bound.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps the revocation mirror in step with the store: subscribe, re-read
+/// everything, apply announcements, re-read periodically; reconnect and
+/// re-read after any loss. With the memory store it only prunes.
+pub struct RevocationWatcher {
+    pub state: Arc<State>,
+}
+
+impl RevocationWatcher {
+    async fn resync(&self, redis: &RedisStore) -> Result<usize, StoreError> {
+        let now = now_unix();
+        let all = redis.load_revocations(now).await?;
+        for r in &all {
+            // A full list: local over-capacity is logged by apply's callers.
+            let _ = self.state.revocations.apply(r, now);
+        }
+        self.state.revocations.prune(now);
+        self.state.publish_mirror_size();
+        Ok(all.len())
+    }
+
+    fn on_message(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Revocation>(payload) {
+            Ok(r) => {
+                if let Revocation::Session { sid } = &r {
+                    if let (Some(cache), Some(s)) =
+                        (&self.state.sessions, &self.state.runtime().sessions)
+                    {
+                        cache.invalidate(Some(format!("{}{}", s.key_prefix, sid).as_bytes()));
+                    }
+                }
+                if let Err(e) = self.state.revocations.apply(&r, now_unix()) {
+                    tracing::error!(error = %e, "revocation not mirrored");
+                }
+                self.state.publish_mirror_size();
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed revocation message"),
+        }
+    }
+
+    async fn follow(
+        &self,
+        redis: &RedisStore,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<(), StoreError> {
+        let (mut conn, mut rx) = redis.push_connection().await?;
+        conn.subscribe(REVOCATION_CHANNEL)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Subscribed first, then read: nothing announced in between is lost.
+        let n = self.resync(redis).await?;
+        self.state.revocations_synced.store(true, Ordering::Release);
+        tracing::info!(entries = n, "revocation mirror synced");
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.tick().await;
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = resync.tick() => { self.resync(redis).await?; }
+                _ = ping.tick() => {
+                    redis::cmd("PING").exec_async(&mut conn).await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else {
+                        return Err(StoreError::Unavailable("push channel closed".into()));
+                    };
+                    match msg.kind {
+                        PushKind::Message => {
+                            if let Some(redis::Value::BulkString(p)) = msg.data.get(1) {
+                                self.on_message(p);
+                            }
+                        }
+                        PushKind::Disconnection => {
+                            return Err(StoreError::Unavailable("disconnected".into()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RevocationWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(redis) = self.state.redis.clone() else {
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(RESYNC_EVERY) => {
+                        self.state.revocations.prune(now_unix());
+                        self.state.publish_mirror_size();
+                    }
+                }
+            }
+        };
+        loop {
+            match self.follow(&redis, &mut shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.state
+                        .metrics
+                        .store_errors
+                        .with_label_values(&["revocation_sync"])
+                        .inc();
+                    tracing::warn!(error = %e, op = "revocation_sync", "revocation channel lost; the mirror keeps serving, reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
     }
 }

@@ -122,6 +122,8 @@ mod tests {
                 roles: vec![],
                 scopes: vec![],
                 claims: Arc::new(Default::default()),
+                jti: None,
+                iat: None,
             }),
             expires_ms: None,
             original_max_age_ms: None,

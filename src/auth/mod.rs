@@ -48,7 +48,15 @@ pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Arc<Identity>, Reason> {
-    let jwt = |token: &str| verify_token(rt, route, token, jwt::now_unix()).map(Arc::new);
+    let jwt = |token: &str| {
+        let id = verify_token(rt, route, token, jwt::now_unix())?;
+        // Checked on every request (and, later, on every cache hit): a local
+        // lookup, never the network.
+        if state.revocations.is_revoked(&id) {
+            return Err(Reason::Revoked);
+        }
+        Ok(Arc::new(id))
+    };
     match route.auth {
         AuthMode::None => Err(Reason::Ok),
         AuthMode::Jwt => jwt(bearer(headers)?),

@@ -172,6 +172,8 @@ pub fn parse_session(json: &str, s: &SessionSettings) -> Result<ParsedSession, R
             roles,
             scopes: Vec::new(),
             claims: Arc::new(map),
+            jti: None,
+            iat: None,
         },
         expires_ms,
         original_max_age_ms,

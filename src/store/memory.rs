@@ -3,6 +3,7 @@
 //! `check` error and these calls are never reached for sessions.
 
 use super::{SessionRecord, Store, StoreError};
+use crate::revocation::Revocation;
 use async_trait::async_trait;
 
 /// The in-process store.
@@ -22,5 +23,15 @@ impl Store for MemoryStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// One instance: the mirror is the record, nothing to announce.
+    async fn revoke(&self, r: &Revocation, _session_key: Option<&str>) -> Result<(), StoreError> {
+        match r {
+            Revocation::Session { .. } => Err(StoreError::Unsupported("sessions")),
+            _ => Ok(()),
+        }
+    }
+    async fn load_revocations(&self, _now: i64) -> Result<Vec<Revocation>, StoreError> {
+        Ok(Vec::new())
     }
 }

@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod redis;
 
+use crate::revocation::Revocation;
 use async_trait::async_trait;
 
 /// A stored session as read: the raw JSON and the key's remaining TTL.
@@ -36,4 +37,9 @@ pub trait Store: Send + Sync {
     async fn touch_session(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError>;
     /// Answers when the store is reachable (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Records a revocation durably and announces it to every instance, in
+    /// one atomic step. `session_key` is the full key of a revoked session.
+    async fn revoke(&self, r: &Revocation, session_key: Option<&str>) -> Result<(), StoreError>;
+    /// Every revocation still in force (for a full mirror re-read).
+    async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
 }

@@ -7,10 +7,13 @@
 //! on a Redis in its default configuration (no `notify-keyspace-events`).
 
 use super::{SessionRecord, Store, StoreError};
+use crate::revocation::{parse_sub_field, sub_field, Revocation};
 use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client, PushKind, Value};
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::OnceCell;
 
 /// Per-command timeout: a paused or unreachable Redis costs a request at
@@ -18,6 +21,14 @@ use tokio::sync::OnceCell;
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Connection attempt timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sorted set of revoked jtis, scored by `exp` (trimmed on every write, so
+/// entries vanish at their `exp` without a sweeper).
+pub const REVOKED_JTIS: &str = "authgate:revoked:jti";
+/// Hash of subject cutoffs: field `<issuer or *>\n<sub>`, value unix seconds.
+pub const REVOKED_SUBS: &str = "authgate:revoked:sub";
+/// The pub/sub channel revocations are announced on (JSON [`Revocation`]).
+pub const REVOCATION_CHANNEL: &str = "authgate:revocations";
 
 /// A Redis-backed store.
 pub struct RedisStore {
@@ -71,16 +82,11 @@ impl RedisStore {
         tracking: &(dyn Fn(bool) + Send + Sync),
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let resp3_url = if self.url.contains('?') {
-            format!("{}&protocol=resp3", self.url)
-        } else {
-            format!("{}?protocol=resp3", self.url)
-        };
         loop {
             tracking(false);
             invalidate(None);
             if let Err(e) = self
-                .track_once(&resp3_url, prefix, invalidate, tracking, &mut shutdown)
+                .track_once(prefix, invalidate, tracking, &mut shutdown)
                 .await
             {
                 tracing::warn!(error = %e, "session invalidation channel lost; reconnecting");
@@ -95,24 +101,37 @@ impl RedisStore {
         }
     }
 
+    /// A new RESP3 connection whose push messages (invalidations, pub/sub
+    /// messages, disconnection) arrive on the returned channel.
+    pub async fn push_connection(
+        &self,
+    ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), StoreError> {
+        let url = if self.url.contains('?') {
+            format!("{}&protocol=resp3", self.url)
+        } else {
+            format!("{}?protocol=resp3", self.url)
+        };
+        let client = Client::open(url).map_err(unavailable)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(tx);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(unavailable)?;
+        Ok((conn, rx))
+    }
+
     async fn track_once(
         &self,
-        url: &str,
         prefix: &str,
         invalidate: &(dyn Fn(Option<&[u8]>) + Send + Sync),
         tracking: &(dyn Fn(bool) + Send + Sync),
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(tx);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(unavailable)?;
+        let (mut conn, mut rx) = self.push_connection().await?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
@@ -192,5 +211,57 @@ impl Store for RedisStore {
             .exec_async(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    async fn revoke(&self, r: &Revocation, session_key: Option<&str>) -> Result<(), StoreError> {
+        let msg = serde_json::to_string(r).map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match r {
+            Revocation::Jti { jti, exp } => {
+                pipe.zadd(REVOKED_JTIS, jti, *exp)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(REVOKED_JTIS)
+                    .arg("-inf")
+                    .arg(crate::auth::jwt::now_unix())
+                    .ignore();
+            }
+            Revocation::Sub { sub, iss, before } => {
+                pipe.hset(REVOKED_SUBS, sub_field(sub, iss.as_deref()), *before)
+                    .ignore();
+            }
+            Revocation::Session { .. } => {
+                if let Some(k) = session_key {
+                    pipe.del(k).ignore();
+                }
+            }
+        }
+        pipe.publish(REVOCATION_CHANNEL, msg).ignore();
+        let mut conn = self.conn().await?;
+        pipe.exec_async(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (jtis, subs): (Vec<(String, i64)>, Vec<(String, i64)>) = redis::pipe()
+            .cmd("ZRANGEBYSCORE")
+            .arg(REVOKED_JTIS)
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .hgetall(REVOKED_SUBS)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(jtis.len() + subs.len());
+        out.extend(
+            jtis.into_iter()
+                .map(|(jti, exp)| Revocation::Jti { jti, exp }),
+        );
+        out.extend(subs.into_iter().filter_map(|(field, before)| {
+            parse_sub_field(&field).map(|(sub, iss)| Revocation::Sub { sub, iss, before })
+        }));
+        Ok(out)
     }
 }
