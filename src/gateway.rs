@@ -7,8 +7,9 @@ use crate::auth;
 use crate::auth::session;
 use crate::denial::Reason;
 use crate::identity::{self, header_safe, AuthMethod, Identity};
+use crate::ratelimit::{self, BodyPrefix, Cell, Count, Limit, BODY_PREFIX};
 use crate::router;
-use crate::runtime::{AuthMode, Runtime};
+use crate::runtime::{AuthMode, OnError, Route, Runtime};
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,9 +40,91 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     /// Connect attempts so far (a failed connect retries the next address).
     tries: usize,
+    /// `RateLimit-Policy` / `RateLimit` values for the upstream's response.
+    rate_headers: Option<(String, String)>,
+    /// `count = "failures"` cells, consumed if the upstream answers 401/403.
+    failure_cells: Vec<Cell>,
 }
 
 impl Gateway {
+    /// Checks the route's rate limits (one store call); `true` when a
+    /// response (429, or 503 under `on_error = "deny"`) was sent.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<bool> {
+        let body = if route.limits_need_body {
+            match read_prefix(session).await {
+                Ok(b) => Some(b),
+                Err(reason) => return self.deny(session, ctx, reason).await,
+            }
+        } else {
+            None
+        };
+        let ip = ctx
+            .client_ip
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let headers = &session.req_header().headers;
+        let cells: Vec<Cell> = route
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Cell {
+                key: ratelimit::key_for(&route.name, i, &l.key, ip, headers, body.as_ref()),
+                emission_us: l.emission_us(),
+                window_us: l.window_us,
+                consume: l.count == Count::All,
+            })
+            .collect();
+        match self.state.store.rate_check(&cells).await {
+            Err(e) => {
+                self.state
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["ratelimit"])
+                    .inc();
+                let on_error = ctx
+                    .rt
+                    .as_ref()
+                    .map_or(OnError::Deny, |rt| rt.store.on_error);
+                tracing::warn!(error = %e, op = "ratelimit", route = route.name.as_str(), on_error = ?on_error, "store error");
+                match on_error {
+                    OnError::Deny => self.deny(session, ctx, Reason::StoreUnavailable).await,
+                    OnError::Allow => Ok(false),
+                }
+            }
+            Ok(d) => {
+                let limits: Vec<&Limit> = route.limits.iter().collect();
+                let (policy, state) = ratelimit::headers(&limits, &d);
+                if !d.allowed {
+                    self.state
+                        .metrics
+                        .rate_limited
+                        .with_label_values(&[route.name.as_str()])
+                        .inc();
+                    let retry = ratelimit::retry_after_secs(&d).to_string();
+                    return self
+                        .deny_with(
+                            session,
+                            ctx,
+                            Reason::RateLimited,
+                            &[
+                                ("Retry-After", retry),
+                                ("RateLimit-Policy", policy),
+                                ("RateLimit", state),
+                            ],
+                        )
+                        .await;
+                }
+                ctx.rate_headers = Some((policy, state));
+                ctx.failure_cells = cells.into_iter().filter(|c| !c.consume).collect();
+                Ok(false)
+            }
+        }
+    }
+
     /// A 302 to the login page; `reason` is what the log and metrics record.
     async fn redirect(
         &self,
@@ -63,6 +146,17 @@ impl Gateway {
     /// Content-Length (pingora#766). The connection stays open only when the
     /// request has no body to drain.
     async fn deny(&self, session: &mut Session, ctx: &mut Ctx, reason: Reason) -> Result<bool> {
+        self.deny_with(session, ctx, reason, &[]).await
+    }
+
+    /// [`Gateway::deny`] with extra response headers (429's Retry-After...).
+    async fn deny_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: Reason,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
         ctx.reason = reason;
         let r = reason.response();
         let mut resp = ResponseHeader::build(r.status, Some(4))?;
@@ -71,6 +165,9 @@ impl Gateway {
         resp.insert_header("Cache-Control", "no-store")?;
         if let Some(c) = r.challenge {
             resp.insert_header("WWW-Authenticate", c)?;
+        }
+        for (name, value) in extra {
+            resp.insert_header(*name, value.as_str())?;
         }
         if has_body(session.req_header()) {
             session.set_keepalive(None);
@@ -107,6 +204,63 @@ fn allowed_origins(rt: &Runtime) -> &[String] {
         .as_ref()
         .map_or(&[], |s| s.allowed_origins.as_slice())
 }
+
+/// Reads a bounded prefix of the request body for rate-limit keys, so that
+/// pingora still forwards every byte: what is read here sits in pingora's
+/// retry buffer (64 KiB), which is replayed to the upstream first. The
+/// buffer must never overflow, so a body of known length up to
+/// [`SMALL_BODY`] may be read in several chunks, any other body (chunked,
+/// larger) in exactly one (a chunk is at most 64 KiB). `Expect:
+/// 100-continue` bodies are not waited for (the key falls back to the IP).
+async fn read_prefix(session: &mut Session) -> std::result::Result<BodyPrefix, Reason> {
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::EXPECT) {
+        return Ok(BodyPrefix::default());
+    }
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !chunked && length.unwrap_or(0) == 0 {
+        return Ok(BodyPrefix {
+            bytes: Vec::new(),
+            complete: true,
+        });
+    }
+    let small = !chunked && length.is_some_and(|n| n <= SMALL_BODY);
+    session.as_mut().enable_retry_buffering();
+    let mut out = BodyPrefix::default();
+    let mut total = 0usize;
+    loop {
+        let chunk = match tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body()).await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(_)) | Err(_) => return Err(Reason::BadRequest),
+        };
+        let Some(chunk) = chunk else {
+            out.complete = total <= BODY_PREFIX;
+            return Ok(out);
+        };
+        total += chunk.len();
+        let room = BODY_PREFIX.saturating_sub(out.bytes.len());
+        out.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if session.as_mut().is_body_done() {
+            out.complete = total <= BODY_PREFIX;
+            return Ok(out);
+        }
+        if !small || total >= BODY_PREFIX {
+            return Ok(out);
+        }
+    }
+}
+
+/// Bodies of at most this declared length may be read in several chunks
+/// (they can never overflow pingora's 64 KiB retry buffer).
+const SMALL_BODY: u64 = 60 * 1024;
+/// Longest wait for a limited route's body prefix.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -150,6 +304,8 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             upstream_start: None,
             tries: 0,
+            rate_headers: None,
+            failure_cells: Vec::new(),
         }
     }
 
@@ -189,6 +345,10 @@ impl ProxyHttp for Gateway {
             return self.deny(session, ctx, Reason::NoRoute).await;
         };
         ctx.auth_label = route.auth.label();
+        if !route.limits.is_empty() && self.rate_limit(session, ctx, route).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         if route.auth == AuthMode::None {
             self.state
                 .metrics
@@ -234,6 +394,29 @@ impl ProxyHttp for Gateway {
                 self.deny(session, ctx, reason).await
             }
         }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((policy, state)) = &ctx.rate_headers {
+            upstream_response.insert_header("RateLimit-Policy", policy.as_str())?;
+            upstream_response.insert_header("RateLimit", state.as_str())?;
+        }
+        if !ctx.failure_cells.is_empty() && matches!(upstream_response.status.as_u16(), 401 | 403) {
+            if let Err(e) = self.state.store.rate_consume(&ctx.failure_cells).await {
+                self.state
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["ratelimit"])
+                    .inc();
+                tracing::warn!(error = %e, op = "ratelimit", "a failed attempt could not be counted");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

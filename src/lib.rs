@@ -15,6 +15,7 @@ pub mod echo;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
+pub mod ratelimit;
 pub mod revocation;
 pub mod router;
 pub mod runtime;

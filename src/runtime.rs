@@ -7,6 +7,7 @@ use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
 use crate::auth::session::{normalize_allowed, SessionSettings};
 use crate::config::file::{FileConfig, IssuerFile, RouteFile, UpstreamFile};
 use crate::config::Issues;
+use crate::ratelimit::{Count, KeySpec, Limit};
 use crate::router::{Matcher, Router};
 use http::HeaderName;
 use ipnet::IpNet;
@@ -68,6 +69,10 @@ pub struct Route {
     pub login_redirect: Option<String>,
     /// Extra claim -> header mappings.
     pub headers: Vec<(HeaderName, String)>,
+    /// Rate limits; all must pass.
+    pub limits: Vec<Limit>,
+    /// Some limit is keyed on a body field.
+    pub limits_need_body: bool,
 }
 
 /// An upstream pool: addresses resolved at load time (never DNS on the
@@ -879,6 +884,70 @@ fn build_route(
             "identity assertions need [assertion], which this build does not support yet",
         );
     }
+    let mut limits = Vec::new();
+    for (n, l) in r.rate_limits.iter().enumerate() {
+        let lat = |k: &str| format!("routes.{idx}.rate_limits.{n}.{k}");
+        let key = match l.key.as_deref().map(KeySpec::parse) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                issues.at(lat("key"), e);
+                None
+            }
+            None => {
+                issues.at(
+                    format!("routes.{idx}.rate_limits.{n}"),
+                    "missing `key` (\"ip\", \"header:NAME\", \"form:FIELD\" or \"json:FIELD\")",
+                );
+                None
+            }
+        };
+        let limit = match l.limit {
+            Some(x) if x > 0 && x <= 1_000_000_000 => Some(x),
+            Some(_) => {
+                issues.at(lat("limit"), "limit must be between 1 and 1000000000");
+                None
+            }
+            None => {
+                issues.at(format!("routes.{idx}.rate_limits.{n}"), "missing `limit`");
+                None
+            }
+        };
+        let window = match l.window.as_deref().map(duration) {
+            Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(366 * 86400) => {
+                Some(d)
+            }
+            Some(Ok(_)) => {
+                issues.at(lat("window"), "window must be between 1s and 366 days");
+                None
+            }
+            Some(Err(e)) => {
+                issues.at(lat("window"), e);
+                None
+            }
+            None => {
+                issues.at(
+                    format!("routes.{idx}.rate_limits.{n}"),
+                    "missing `window` (e.g. \"1m\")",
+                );
+                None
+            }
+        };
+        let count = match l.count.as_deref() {
+            None | Some("all") => Count::All,
+            Some("failures") => Count::Failures,
+            Some(other) => {
+                issues.at(
+                    lat("count"),
+                    format!("unknown count `{other}` (expected \"all\" or \"failures\")"),
+                );
+                Count::All
+            }
+        };
+        if let (Some(key), Some(limit), Some(window)) = (key, limit, window) {
+            limits.push(Limit::new(key, limit, window.as_micros() as u64, count));
+        }
+    }
+    let limits_need_body = limits.iter().any(|l| l.key.needs_body());
     let methods = r
         .methods
         .as_ref()
@@ -911,6 +980,8 @@ fn build_route(
             require,
             login_redirect: r.login_redirect.clone(),
             headers,
+            limits,
+            limits_need_body,
         },
         Matcher {
             path: r.path.clone(),

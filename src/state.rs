@@ -38,7 +38,7 @@ impl State {
         config_path: String,
     ) -> Result<State, StoreError> {
         let (store, redis): (Arc<dyn Store>, Option<Arc<RedisStore>>) = match &runtime.store.kind {
-            StoreKind::Memory => (Arc::new(MemoryStore), None),
+            StoreKind::Memory => (Arc::new(MemoryStore::default()), None),
             StoreKind::Redis { url } => {
                 let r = Arc::new(RedisStore::new(url)?);
                 (r.clone(), Some(r))

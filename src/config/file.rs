@@ -145,4 +145,15 @@ pub struct RouteFile {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub assertion: bool,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitFile>,
+}
+
+/// One `[[routes.rate_limits]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RateLimitFile {
+    pub key: Option<String>,
+    pub limit: Option<u64>,
+    pub window: Option<String>,
+    pub count: Option<String>,
 }

@@ -2,13 +2,23 @@
 //! in the application's Redis, so a `[sessions]` config on this store is a
 //! `check` error and these calls are never reached for sessions.
 
-use super::{SessionRecord, Store, StoreError};
+use super::{now_us, SessionRecord, Store, StoreError};
+use crate::ratelimit::{gcra, gcra_consume, Cell, Decision};
 use crate::revocation::Revocation;
 use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
-/// The in-process store.
+/// Most rate-limit keys held; past it, expired keys are dropped, and if
+/// none are, the limiter reports an error (the route's `on_error` decides)
+/// rather than forget a live budget.
+pub const MAX_RATE_KEYS: usize = 1_000_000;
+
+/// The in-process store: rate-limit arrival times by key.
 #[derive(Debug, Default)]
-pub struct MemoryStore;
+pub struct MemoryStore {
+    tats: Mutex<HashMap<String, u64>>,
+}
 
 #[async_trait]
 impl Store for MemoryStore {
@@ -33,5 +43,46 @@ impl Store for MemoryStore {
     }
     async fn load_revocations(&self, _now: i64) -> Result<Vec<Revocation>, StoreError> {
         Ok(Vec::new())
+    }
+
+    async fn rate_check(&self, cells: &[Cell]) -> Result<Decision, StoreError> {
+        let now = now_us();
+        let mut map = self
+            .tats
+            .lock()
+            .map_err(|_| StoreError::Unavailable("rate-limit table poisoned".into()))?;
+        if map.len() >= MAX_RATE_KEYS {
+            map.retain(|_, tat| *tat > now);
+            if map.len() >= MAX_RATE_KEYS {
+                return Err(StoreError::Unavailable("rate-limit table full".into()));
+            }
+        }
+        let tats: Vec<u64> = cells
+            .iter()
+            .map(|c| map.get(&c.key).copied().unwrap_or(0))
+            .collect();
+        let (decision, writes) = gcra(cells, &tats, now);
+        for (c, w) in cells.iter().zip(writes) {
+            if let Some(t) = w {
+                map.insert(c.key.clone(), t);
+            }
+        }
+        Ok(decision)
+    }
+
+    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError> {
+        let now = now_us();
+        let mut map = self
+            .tats
+            .lock()
+            .map_err(|_| StoreError::Unavailable("rate-limit table poisoned".into()))?;
+        let tats: Vec<u64> = cells
+            .iter()
+            .map(|c| map.get(&c.key).copied().unwrap_or(0))
+            .collect();
+        for (c, t) in cells.iter().zip(gcra_consume(cells, &tats, now)) {
+            map.insert(c.key.clone(), t);
+        }
+        Ok(())
     }
 }

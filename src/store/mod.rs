@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod redis;
 
+use crate::ratelimit::{Cell, Decision};
 use crate::revocation::Revocation;
 use async_trait::async_trait;
 
@@ -42,4 +43,18 @@ pub trait Store: Send + Sync {
     async fn revoke(&self, r: &Revocation, session_key: Option<&str>) -> Result<(), StoreError>;
     /// Every revocation still in force (for a full mirror re-read).
     async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Checks every rate-limit cell of a request and, if all pass, consumes
+    /// the consuming ones: one atomic step.
+    async fn rate_check(&self, cells: &[Cell]) -> Result<Decision, StoreError>;
+    /// Consumes one unit from each cell (failures counted after the response).
+    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError>;
+}
+
+/// Microseconds since the Unix epoch (the memory limiter's clock; Redis
+/// uses its own `TIME`, so every instance shares one clock).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

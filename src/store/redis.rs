@@ -7,6 +7,7 @@
 //! on a Redis in its default configuration (no `notify-keyspace-events`).
 
 use super::{SessionRecord, Store, StoreError};
+use crate::ratelimit::{Cell, Decision};
 use crate::revocation::{parse_sub_field, sub_field, Revocation};
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -264,4 +265,100 @@ impl Store for RedisStore {
         }));
         Ok(out)
     }
+
+    async fn rate_check(&self, cells: &[Cell]) -> Result<Decision, StoreError> {
+        let mut inv = RATE_CHECK.prepare_invoke();
+        for c in cells {
+            inv.key(&c.key);
+        }
+        for c in cells {
+            inv.arg(c.emission_us)
+                .arg(c.window_us)
+                .arg(u8::from(c.consume));
+        }
+        let mut conn = self.conn().await?;
+        let out: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let (allowed, retry) = match (out.first(), out.get(1)) {
+            (Some(a), Some(r)) => (*a == 1, *r),
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "unexpected rate-limit script reply".into(),
+                ))
+            }
+        };
+        Ok(Decision {
+            allowed,
+            retry_after_us: retry,
+            backlog_us: out.get(2..).map(<[u64]>::to_vec).unwrap_or_default(),
+        })
+    }
+
+    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError> {
+        let mut inv = RATE_CONSUME.prepare_invoke();
+        for c in cells {
+            inv.key(&c.key);
+        }
+        for c in cells {
+            inv.arg(c.emission_us);
+        }
+        let mut conn = self.conn().await?;
+        inv.invoke_async::<()>(&mut conn).await.map_err(unavailable)
+    }
 }
+
+/// GCRA over every cell of a request, all or nothing, on Redis's clock.
+/// KEYS: one per cell; ARGV: per cell emission_us, window_us, consume.
+/// Reply: allowed (0/1), retry_after_us, then per cell TAT - now (µs).
+/// Keys expire on their own when their budget is full again.
+static RATE_CHECK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local allowed = 1
+local retry = 0
+local base = {}
+local new = {}
+for i = 1, n do
+  local e = tonumber(ARGV[3 * i - 2])
+  local w = tonumber(ARGV[3 * i - 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  base[i] = tat
+  new[i] = tat + e
+  if new[i] - now > w then
+    allowed = 0
+    if new[i] - now - w > retry then retry = new[i] - now - w end
+  end
+end
+local out = {allowed, retry}
+for i = 1, n do
+  if allowed == 1 and ARGV[3 * i] == '1' then
+    redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', math.ceil((new[i] - now) / 1000) + 1)
+    out[#out + 1] = new[i] - now
+  else
+    out[#out + 1] = base[i] - now
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Consumes one unit per cell (a failure seen in the response).
+static RATE_CONSUME: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new = tat + tonumber(ARGV[i])
+  redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1)
+end
+return 1
+"#,
+    )
+});

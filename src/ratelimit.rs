@@ -1,0 +1,422 @@
+//! Rate limits for the routes an operator marks (typically login paths).
+//! GCRA (the generic cell rate algorithm): each key holds one "theoretical
+//! arrival time", so counts are exact over any sliding window (no
+//! fixed-window double burst) and a key costs one number in the store. With
+//! Redis, one atomic script checks every limit of a request and consumes
+//! them all or none, so every instance shares one budget.
+//!
+//! Keys: the client IP, a header, or a field of a form / JSON body. Body
+//! fields are read from a bounded prefix of the body, which pingora then
+//! forwards unchanged; a request without the field is limited by IP instead,
+//! never not at all. Key values are trimmed, lower-cased and hashed, so keys
+//! have a fixed size and case variants share one budget.
+
+use crate::denial::Reason;
+use http::{HeaderMap, HeaderName};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+
+/// Longest body prefix read to find a form or JSON field (bytes).
+pub const BODY_PREFIX: usize = 8 * 1024;
+
+/// What a limit is keyed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySpec {
+    Ip,
+    Header(HeaderName),
+    Form(String),
+    Json(String),
+}
+
+impl KeySpec {
+    /// Parses `ip`, `header:NAME`, `form:FIELD` or `json:FIELD`.
+    pub fn parse(s: &str) -> Result<KeySpec, String> {
+        match s.split_once(':') {
+            None if s == "ip" => Ok(KeySpec::Ip),
+            Some(("header", n)) => HeaderName::from_bytes(n.trim().as_bytes())
+                .map(KeySpec::Header)
+                .map_err(|_| format!("`{n}` is not a header name")),
+            Some(("form", f)) if !f.is_empty() => Ok(KeySpec::Form(f.to_string())),
+            Some(("json", f)) if !f.is_empty() => Ok(KeySpec::Json(f.to_string())),
+            _ => Err(format!(
+                "unknown key `{s}` (expected \"ip\", \"header:NAME\", \"form:FIELD\" or \"json:FIELD\")"
+            )),
+        }
+    }
+
+    /// Whether this key needs the request body.
+    pub fn needs_body(&self) -> bool {
+        matches!(self, KeySpec::Form(_) | KeySpec::Json(_))
+    }
+
+    fn label(&self) -> String {
+        match self {
+            KeySpec::Ip => "ip".into(),
+            KeySpec::Header(h) => format!("header:{h}"),
+            KeySpec::Form(f) => format!("form:{f}"),
+            KeySpec::Json(f) => format!("json:{f}"),
+        }
+    }
+}
+
+/// Which requests a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    All,
+    /// Only requests the upstream answered 401 or 403.
+    Failures,
+}
+
+/// One compiled `[[routes.rate_limits]]`.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub key: KeySpec,
+    pub limit: u64,
+    pub window_us: u64,
+    pub count: Count,
+    /// The policy name in `RateLimit-Policy` / `RateLimit` headers.
+    pub policy: String,
+}
+
+impl Limit {
+    pub fn new(key: KeySpec, limit: u64, window_us: u64, count: Count) -> Limit {
+        let policy = key.label();
+        Limit {
+            key,
+            limit,
+            window_us,
+            count,
+            policy,
+        }
+    }
+
+    /// Microseconds one request adds to the key's arrival time.
+    pub fn emission_us(&self) -> u64 {
+        (self.window_us / self.limit.max(1)).max(1)
+    }
+}
+
+/// The parameters of one limit for one request, as the store sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    pub key: String,
+    pub emission_us: u64,
+    pub window_us: u64,
+    /// Consume on pass (`count = "all"`); `false` only checks (failures).
+    pub consume: bool,
+}
+
+/// The store's answer for a request's cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// When refused: how long until one more request would pass.
+    pub retry_after_us: u64,
+    /// Per cell, after the decision: microseconds until its budget is full
+    /// again (TAT - now).
+    pub backlog_us: Vec<u64>,
+}
+
+/// Pure GCRA over TAT values (µs): `tats[i]` is the stored arrival time of
+/// cell i (0 = none). Returns the decision and the new TATs to store for
+/// the cells that are consumed.
+pub fn gcra(cells: &[Cell], tats: &[u64], now: u64) -> (Decision, Vec<Option<u64>>) {
+    let mut allowed = true;
+    let mut retry = 0u64;
+    let mut news = Vec::with_capacity(cells.len());
+    for (c, tat) in cells.iter().zip(tats) {
+        let base = (*tat).max(now);
+        let new = base + c.emission_us;
+        if new - now > c.window_us {
+            allowed = false;
+            retry = retry.max(new - now - c.window_us);
+        }
+        news.push((base, new));
+    }
+    let mut backlog = Vec::with_capacity(cells.len());
+    let mut writes = Vec::with_capacity(cells.len());
+    for (c, (base, new)) in cells.iter().zip(news) {
+        if allowed && c.consume {
+            backlog.push(new - now);
+            writes.push(Some(new));
+        } else {
+            backlog.push(base - now);
+            writes.push(None);
+        }
+    }
+    (
+        Decision {
+            allowed,
+            retry_after_us: retry,
+            backlog_us: backlog,
+        },
+        writes,
+    )
+}
+
+/// Consumes one unit from each cell (a failure counted after the fact).
+pub fn gcra_consume(cells: &[Cell], tats: &[u64], now: u64) -> Vec<u64> {
+    cells
+        .iter()
+        .zip(tats)
+        .map(|(c, t)| (*t).max(now) + c.emission_us)
+        .collect()
+}
+
+/// `RateLimit-Policy` and `RateLimit` header values (IETF httpapi
+/// ratelimit-headers draft, structured-field form).
+pub fn headers(limits: &[&Limit], d: &Decision) -> (String, String) {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (i, (l, backlog)) in limits.iter().zip(&d.backlog_us).enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let w = l.window_us / 1_000_000;
+        let used = backlog.div_ceil(l.emission_us());
+        let remaining = if d.allowed {
+            l.limit.saturating_sub(used)
+        } else {
+            0
+        };
+        let reset = if d.allowed {
+            backlog.div_ceil(1_000_000)
+        } else {
+            d.retry_after_us.div_ceil(1_000_000).max(1)
+        };
+        policy.push_str(&format!("\"{}\";q={};w={}", l.policy, l.limit, w.max(1)));
+        state.push_str(&format!("\"{}\";r={};t={}", l.policy, remaining, reset));
+    }
+    (policy, state)
+}
+
+/// Retry-After in whole seconds, at least 1.
+pub fn retry_after_secs(d: &Decision) -> u64 {
+    d.retry_after_us.div_ceil(1_000_000).max(1)
+}
+
+fn digest(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn normalize(v: &str) -> String {
+    v.trim().to_lowercase()
+}
+
+/// A request's body prefix, as far as it was read.
+#[derive(Debug, Default)]
+pub struct BodyPrefix {
+    pub bytes: Vec<u8>,
+    /// The prefix is the whole body.
+    pub complete: bool,
+}
+
+fn form_field(body: &BodyPrefix, field: &str) -> Option<String> {
+    let text = std::str::from_utf8(&body.bytes).ok()?;
+    let mut pairs = text.split('&').peekable();
+    while let Some(pair) = pairs.next() {
+        // A value cut off at the prefix boundary is not the real value.
+        let terminated = pairs.peek().is_some() || body.complete;
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .ok()
+        };
+        if dec(k).as_deref() == Some(field) {
+            if !terminated {
+                return None;
+            }
+            return dec(v).filter(|v| !v.trim().is_empty());
+        }
+    }
+    None
+}
+
+fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
+    if !body.complete {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&body.bytes).ok()?;
+    let obj = v.as_object()?;
+    match crate::identity::lookup(obj, field)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The store key of one limit for one request: `route`'s hash tag keeps a
+/// route's keys in one Redis Cluster slot. Falls back to the client IP when
+/// the header or field is absent.
+pub fn key_for(
+    route: &str,
+    index: usize,
+    spec: &KeySpec,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    body: Option<&BodyPrefix>,
+) -> String {
+    let ip_s = ip.to_string();
+    let value = match spec {
+        KeySpec::Ip => None,
+        KeySpec::Header(h) => headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(normalize)
+            .filter(|v| !v.is_empty()),
+        KeySpec::Form(f) => body.and_then(|b| form_field(b, f)).map(|v| normalize(&v)),
+        KeySpec::Json(f) => body.and_then(|b| json_field(b, f)).map(|v| normalize(&v)),
+    };
+    let (kind, v) = match &value {
+        Some(v) => ("v", v.as_str()),
+        None => ("ip", ip_s.as_str()),
+    };
+    format!(
+        "authgate:rl:{{{}}}:{index}:{}",
+        digest(&[route.as_bytes()]),
+        digest(&[kind.as_bytes(), v.as_bytes()])
+    )
+}
+
+/// Why limiting failed; the route's `on_error` decides what it means.
+pub fn store_failure_reason() -> Reason {
+    Reason::StoreUnavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(limit: u64, window_s: u64, consume: bool) -> Cell {
+        let l = Limit::new(KeySpec::Ip, limit, window_s * 1_000_000, Count::All);
+        Cell {
+            key: "k".into(),
+            emission_us: l.emission_us(),
+            window_us: l.window_us,
+            consume,
+        }
+    }
+
+    #[test]
+    fn five_per_minute_then_429_with_retry() {
+        let cells = [cell(5, 60, true)];
+        let mut tat = 0;
+        let now = 1_000_000_000;
+        for i in 0..5 {
+            let (d, w) = gcra(&cells, &[tat], now);
+            assert!(d.allowed, "request {i}");
+            tat = w[0].unwrap();
+        }
+        let (d, w) = gcra(&cells, &[tat], now);
+        assert!(!d.allowed);
+        assert_eq!(w[0], None);
+        assert_eq!(retry_after_secs(&d), 12);
+        // No boundary double burst: a minute later, exactly 5 again.
+        let later = now + 60_000_000;
+        let mut ok = 0;
+        for _ in 0..10 {
+            let (d, w) = gcra(&cells, &[tat], later);
+            if d.allowed {
+                ok += 1;
+                tat = w[0].unwrap();
+            }
+        }
+        assert_eq!(ok, 5);
+    }
+
+    #[test]
+    fn all_or_nothing_across_limits() {
+        let cells = [cell(10, 60, true), cell(1, 60, true)];
+        let (d, w) = gcra(&cells, &[0, 0], 1_000_000);
+        assert!(d.allowed);
+        let tats: Vec<u64> = w.iter().map(|x| x.unwrap()).collect();
+        let (d, w) = gcra(&cells, &tats, 1_000_000);
+        assert!(!d.allowed);
+        assert!(
+            w.iter().all(Option::is_none),
+            "a refused request consumed a budget"
+        );
+    }
+
+    #[test]
+    fn body_fields() {
+        let b = |s: &str, complete| BodyPrefix {
+            bytes: s.as_bytes().to_vec(),
+            complete,
+        };
+        assert_eq!(
+            form_field(&b("user=Alice&pw=x", true), "user").as_deref(),
+            Some("Alice")
+        );
+        assert_eq!(
+            form_field(&b("pw=x&user=al", false), "user"),
+            None,
+            "cut-off value"
+        );
+        assert_eq!(
+            form_field(&b("user=a%20b+c&x", false), "user").as_deref(),
+            Some("a b c")
+        );
+        assert_eq!(
+            json_field(&b(r#"{"user":"bob"}"#, true), "user").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(json_field(&b(r#"{"user":"bob"}"#, false), "user"), None);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = HeaderMap::new();
+        let k1 = key_for(
+            "r",
+            0,
+            &KeySpec::Form("user".into()),
+            ip,
+            &h,
+            Some(&b("user=ALICE", true)),
+        );
+        let k2 = key_for(
+            "r",
+            0,
+            &KeySpec::Form("user".into()),
+            ip,
+            &h,
+            Some(&b("user=alice", true)),
+        );
+        let k3 = key_for(
+            "r",
+            0,
+            &KeySpec::Form("user".into()),
+            ip,
+            &h,
+            Some(&b("nouser=1", true)),
+        );
+        let k4 = key_for("r", 0, &KeySpec::Ip, ip, &h, None);
+        assert_eq!(k1, k2);
+        assert_ne!(k1, k3);
+        assert_ne!(k3, k4.replace(":0:", ":9:"));
+    }
+
+    #[test]
+    fn header_values() {
+        let l = Limit::new(KeySpec::Ip, 5, 60_000_000, Count::All);
+        let d = Decision {
+            allowed: true,
+            retry_after_us: 0,
+            backlog_us: vec![12_000_000],
+        };
+        let (p, s) = headers(&[&l], &d);
+        assert_eq!(p, "\"ip\";q=5;w=60");
+        assert_eq!(s, "\"ip\";r=4;t=12");
+    }
+}
