@@ -6,4 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/prereqs.sh
+tests/express/setup.sh
 cargo test --release --locked "$@"

@@ -3,7 +3,7 @@
 //! token is configured, so an unconfigured admin API does not exist).
 
 use crate::auth::jwt::now_unix;
-use crate::revocation::{Revocation, MAX_ID_LEN};
+use crate::revocation::{Revocation, MAX_EXP_AHEAD, MAX_ID_LEN};
 use crate::runtime::Runtime;
 use crate::state::State;
 use async_trait::async_trait;
@@ -144,8 +144,10 @@ pub fn parse_revoke(body: &[u8], rt: &Runtime, now: i64) -> Result<Revocation, (
         if !id_ok(&jti) {
             return Err(bad(format!("`jti` must be 1 to {MAX_ID_LEN} bytes")));
         }
-        if exp <= 0 {
-            return Err(bad("`exp` must be a positive unix time in seconds"));
+        if exp <= 0 || exp > now.saturating_add(MAX_EXP_AHEAD) {
+            return Err(bad(
+                "`exp` must be the token's expiry in unix seconds (at most ten years ahead)",
+            ));
         }
         return Ok(Revocation::Jti { jti, exp });
     }
@@ -273,6 +275,22 @@ impl ServeHttp for AdminApp {
                 self.state.metrics.render(),
             ),
             ("GET", "/healthz") => json(200, "{\"status\":\"ok\"}"),
+            ("GET", "/readyz") if !self.state.keys_loaded() => json(
+                503,
+                "{\"status\":\"not_ready\",\"reason\":\"keys_unavailable\"}",
+            ),
+            ("GET", "/readyz")
+                if self.state.redis.is_some()
+                    && !self
+                        .state
+                        .revocations_synced
+                        .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                json(
+                    503,
+                    "{\"status\":\"not_ready\",\"reason\":\"revocations_not_synced\"}",
+                )
+            }
             ("GET", "/readyz") => match self.state.store.ping().await {
                 Ok(()) => json(200, "{\"status\":\"ready\"}"),
                 Err(e) => {
@@ -315,6 +333,22 @@ impl ServeHttp for AdminApp {
                                     )
                                 }
                                 Err(resp) => resp,
+                            }
+                        }
+                        ("POST", "/admin/reload") => {
+                            let state = self.state.clone();
+                            match tokio::task::spawn_blocking(move || state.reload()).await {
+                                Ok(Ok(summary)) => respond(
+                                    200,
+                                    "application/json",
+                                    serde_json::json!({"reloaded": true, "summary": summary}).to_string().into_bytes(),
+                                ),
+                                Ok(Err(e)) => respond(
+                                    422,
+                                    "application/json",
+                                    serde_json::json!({"error": "invalid_config", "message": e.to_string()}).to_string().into_bytes(),
+                                ),
+                                Err(_) => json(500, "{\"error\":\"internal\"}"),
                             }
                         }
                         _ => json(404, "{\"error\":\"not_found\"}"),

@@ -27,6 +27,9 @@ pub enum Reason {
     KeysUnavailable,
     NoRoute,
     UpstreamError,
+    /// A rate-limited route's body could not be read safely and forwarded
+    /// whole (a rare chunked pattern): 413 rather than lose bytes.
+    BodyTooLarge,
     /// The request line itself is unacceptable (dot-segments in the path):
     /// 400 before any route is chosen, so a prefix can never be escaped.
     BadRequest,
@@ -77,6 +80,7 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::UpstreamError => "upstream_error",
             Reason::BadRequest => "malformed",
+            Reason::BodyTooLarge => "malformed",
         }
     }
 
@@ -144,6 +148,7 @@ impl Reason {
             Reason::NoRoute => (404, None, body!("not_found", "no_route")),
             Reason::UpstreamError => (502, None, body!("bad_gateway", "upstream_error")),
             Reason::BadRequest => (400, None, body!("bad_request", "malformed")),
+            Reason::BodyTooLarge => (413, None, body!("payload_too_large", "malformed")),
         };
         DenyResponse {
             status,

@@ -21,6 +21,7 @@ pub fn serve(addr: &str) -> std::io::Result<()> {
 
 fn handle(stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -55,12 +56,13 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
         reader.read_exact(&mut body)?;
         let reply = serde_json::json!({"method": method, "path": path, "headers": headers});
         let text = serde_json::to_string_pretty(&reply).unwrap_or_default() + "\n";
-        write!(
-            out,
+        // One write: split writes meet Nagle and delayed ACKs (40 ms stalls).
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
             text.len(),
             text
-        )?;
+        );
+        out.write_all(response.as_bytes())?;
         if close {
             return Ok(());
         }

@@ -37,6 +37,9 @@ pub struct Ctx {
     auth_label: &'static str,
     peer: Option<IpAddr>,
     client_ip: Option<IpAddr>,
+    /// The scheme the client used: `https` on a TLS listener, else what a
+    /// trusted proxy says in `X-Forwarded-Proto`, else `http`.
+    scheme: &'static str,
     upstream_start: Option<Instant>,
     /// Connect attempts so far (a failed connect retries the next address).
     tries: usize,
@@ -44,6 +47,9 @@ pub struct Ctx {
     rate_headers: Option<(String, String)>,
     /// `count = "failures"` cells, consumed if the upstream answers 401/403.
     failure_cells: Vec<Cell>,
+    /// Body bytes read for rate-limit keys, to put back in front of the
+    /// body if pingora's retry buffer could not hold them.
+    body_saved: Option<Bytes>,
 }
 
 impl Gateway {
@@ -56,8 +62,11 @@ impl Gateway {
         route: &Route,
     ) -> Result<bool> {
         let body = if route.limits_need_body {
-            match read_prefix(session).await {
-                Ok(b) => Some(b),
+            match read_prefix(session, &route.limits).await {
+                Ok((b, saved)) => {
+                    ctx.body_saved = saved;
+                    Some(b)
+                }
                 Err(reason) => return self.deny(session, ctx, reason).await,
             }
         } else {
@@ -205,17 +214,23 @@ fn allowed_origins(rt: &Runtime) -> &[String] {
         .map_or(&[], |s| s.allowed_origins.as_slice())
 }
 
-/// Reads a bounded prefix of the request body for rate-limit keys, so that
-/// pingora still forwards every byte: what is read here sits in pingora's
-/// retry buffer (64 KiB), which is replayed to the upstream first. The
-/// buffer must never overflow, so a body of known length up to
-/// [`SMALL_BODY`] may be read in several chunks, any other body (chunked,
-/// larger) in exactly one (a chunk is at most 64 KiB). `Expect:
-/// 100-continue` bodies are not waited for (the key falls back to the IP).
-async fn read_prefix(session: &mut Session) -> std::result::Result<BodyPrefix, Reason> {
+/// Reads a bounded prefix of the request body for rate-limit keys, and
+/// makes sure pingora still forwards every byte. What is read here goes to
+/// pingora's 64 KiB retry buffer, which it sends upstream first; when the
+/// reads overflow that buffer, the bytes are kept in `saved` and put back in
+/// front of the first body chunk by `request_body_filter`. Reading stops as
+/// soon as every body key is found, at [`BODY_PREFIX`] bytes, or at the end
+/// of the body — and, for a body of known length above 64 KiB, before a read
+/// could both finish the body and overflow the buffer (pingora would then
+/// have nothing left to send). `Expect: 100-continue` bodies are not waited
+/// for (the keys fall back to the client IP).
+async fn read_prefix(
+    session: &mut Session,
+    limits: &[Limit],
+) -> std::result::Result<(BodyPrefix, Option<Bytes>), Reason> {
     let req = session.req_header();
     if req.headers.contains_key(http::header::EXPECT) {
-        return Ok(BodyPrefix::default());
+        return Ok((BodyPrefix::default(), None));
     }
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
     let length = req
@@ -224,41 +239,54 @@ async fn read_prefix(session: &mut Session) -> std::result::Result<BodyPrefix, R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if !chunked && length.unwrap_or(0) == 0 {
-        return Ok(BodyPrefix {
-            bytes: Vec::new(),
-            complete: true,
-        });
+        return Ok((
+            BodyPrefix {
+                bytes: Vec::new(),
+                complete: true,
+            },
+            None,
+        ));
     }
-    let small = !chunked && length.is_some_and(|n| n <= SMALL_BODY);
     session.as_mut().enable_retry_buffering();
     let mut out = BodyPrefix::default();
-    let mut total = 0usize;
+    let mut saved: Vec<u8> = Vec::new();
     loop {
+        if !chunked {
+            let remaining = length.unwrap_or(0).saturating_sub(saved.len() as u64);
+            if length.unwrap_or(0) > RETRY_BUFFER && remaining <= RETRY_BUFFER {
+                break;
+            }
+        }
         let chunk = match tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body()).await
         {
             Ok(Ok(c)) => c,
             Ok(Err(_)) | Err(_) => return Err(Reason::BadRequest),
         };
         let Some(chunk) = chunk else {
-            out.complete = total <= BODY_PREFIX;
-            return Ok(out);
+            out.complete = saved.len() <= BODY_PREFIX;
+            break;
         };
-        total += chunk.len();
+        saved.extend_from_slice(&chunk);
         let room = BODY_PREFIX.saturating_sub(out.bytes.len());
         out.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if session.as_mut().is_body_done() {
-            out.complete = total <= BODY_PREFIX;
-            return Ok(out);
+            out.complete = saved.len() <= BODY_PREFIX;
+            if session.as_ref().retry_buffer_truncated() {
+                // A chunked body finished in a read that overflowed pingora's
+                // buffer: it could not be forwarded whole. Refuse it clearly.
+                return Err(Reason::BodyTooLarge);
+            }
+            break;
         }
-        if !small || total >= BODY_PREFIX {
-            return Ok(out);
+        if saved.len() >= BODY_PREFIX || ratelimit::body_fields_found(limits, &out) {
+            break;
         }
     }
+    Ok((out, Some(Bytes::from(saved))))
 }
 
-/// Bodies of at most this declared length may be read in several chunks
-/// (they can never overflow pingora's 64 KiB retry buffer).
-const SMALL_BODY: u64 = 60 * 1024;
+/// pingora's request-body retry buffer (see `read_prefix`).
+const RETRY_BUFFER: u64 = 64 * 1024;
 /// Longest wait for a limited route's body prefix.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -302,10 +330,12 @@ impl ProxyHttp for Gateway {
             auth_label: "none",
             peer: None,
             client_ip: None,
+            scheme: "http",
             upstream_start: None,
             tries: 0,
             rate_headers: None,
             failure_cells: Vec::new(),
+            body_saved: None,
         }
     }
 
@@ -326,6 +356,16 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok());
             ctx.client_ip = Some(identity::client_ip(p, xff, &rt.server.trusted_proxies));
         }
+        ctx.scheme = if rt.server.tls.is_some() {
+            "https"
+        } else {
+            let trusted =
+                peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
+            match req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+                Some(v) if trusted && v.eq_ignore_ascii_case(b"https") => "https",
+                _ => "http",
+            }
+        };
 
         let path = match router::normalize(req.uri.path()) {
             Ok(p) => p,
@@ -362,26 +402,25 @@ impl ProxyHttp for Gateway {
         }
         let mut result = auth::authenticate(&self.state, &rt, route, &req.headers).await;
         if let Ok(id) = &result {
+            // Known from here on, for the log line, even if refused below.
+            ctx.auth_label = id.method.as_str();
+            ctx.identity = Some(id.clone());
             // Cookies ride along on cross-site requests; bearer tokens don't.
             if id.method == AuthMethod::Session
                 && session::is_unsafe(&req.method)
-                && !session::csrf_ok(&req.headers, "http", allowed_origins(&rt))
+                && !session::csrf_ok(&req.headers, ctx.scheme, allowed_origins(&rt))
             {
                 result = Err(Reason::Csrf);
             }
         }
-        let result = result.and_then(|id| auth::authorize(&route.require, &id).map(|_| id));
+        let result = result.and_then(|id| auth::authorize(&route.require, &id));
         self.state
             .metrics
             .auth_duration
             .with_label_values(&[route.name.as_str(), ctx.auth_label])
             .observe(ctx.start.elapsed().as_secs_f64());
         match result {
-            Ok(id) => {
-                ctx.auth_label = id.method.as_str();
-                ctx.identity = Some(id);
-                Ok(false)
-            }
+            Ok(()) => Ok(false),
             Err(reason) => {
                 if reason.response().status == 401
                     && route.login_redirect.is_some()
@@ -394,6 +433,30 @@ impl ProxyHttp for Gateway {
                 self.deny(session, ctx, reason).await
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // First chunk out: if pingora's retry buffer overflowed while the
+        // prefix was read, it sent none of those bytes; send them now.
+        if let Some(saved) = ctx.body_saved.take() {
+            if session.as_ref().retry_buffer_truncated() && !saved.is_empty() {
+                let mut joined = bytes::BytesMut::with_capacity(
+                    saved.len() + body.as_ref().map_or(0, Bytes::len),
+                );
+                joined.extend_from_slice(&saved);
+                if let Some(b) = body.as_ref() {
+                    joined.extend_from_slice(b);
+                }
+                *body = Some(joined.freeze());
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -432,6 +495,11 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        if up.tls {
+            peer.options.verify_cert = true;
+            peer.options.verify_hostname = true;
+            peer.options.ca = up.ca.clone();
+        }
         if ctx.upstream_start.is_none() {
             ctx.upstream_start = Some(Instant::now());
         }
@@ -480,7 +548,7 @@ impl ProxyHttp for Gateway {
             };
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
-        upstream_request.insert_header("X-Forwarded-Proto", "http")?;
+        upstream_request.insert_header("X-Forwarded-Proto", ctx.scheme)?;
         let Some(id) = &ctx.identity else {
             return Ok(());
         };

@@ -80,10 +80,11 @@ impl Identity {
             .get("email")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let jti = match claims.get("jti") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
         let iat = claims.get("iat").and_then(|v| {
             v.as_i64()
                 .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))

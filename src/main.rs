@@ -45,17 +45,17 @@ enum Command {
     /// optionally --iss), or a session (--session) through a running
     /// gateway's admin API.
     Revoke {
-        #[arg(long, conflicts_with_all = ["sub", "session"], requires = "exp")]
+        #[arg(long, conflicts_with_all = ["sub", "session"], requires = "exp", allow_hyphen_values = true)]
         jti: Option<String>,
         /// The revoked token's exp (unix seconds): it is forgotten after that.
         #[arg(long)]
         exp: Option<i64>,
-        #[arg(long, conflicts_with = "session")]
+        #[arg(long, conflicts_with = "session", allow_hyphen_values = true)]
         sub: Option<String>,
         /// Narrow a --sub revocation to one issuer (its config name).
         #[arg(long, requires = "sub")]
         iss: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         session: Option<String>,
         #[arg(
             long,

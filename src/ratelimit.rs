@@ -247,7 +247,8 @@ fn form_field(body: &BodyPrefix, field: &str) -> Option<String> {
 
 fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
     if !body.complete {
-        return None;
+        // A prefix: find a top-level field whose value is already complete.
+        return json_prefix_field(&body.bytes, field);
     }
     let v: Value = serde_json::from_slice(&body.bytes).ok()?;
     let obj = v.as_object()?;
@@ -256,6 +257,106 @@ fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// Scans the start of a JSON object for a top-level `field` whose string or
+/// number value lies wholly inside `b` (a body prefix). Nested values are
+/// skipped; anything malformed or cut off gives `None`.
+fn json_prefix_field(b: &[u8], field: &str) -> Option<String> {
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while b.get(*i).is_some_and(|c| c.is_ascii_whitespace()) {
+            *i += 1;
+        }
+    };
+    // The end (exclusive) of the string starting at b[i] == '"'.
+    let string_end = |mut i: usize| -> Option<usize> {
+        i += 1;
+        loop {
+            match b.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    };
+    ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        ws(&mut i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let kend = string_end(i)?;
+        let key: String = serde_json::from_slice(b.get(i..kend)?).ok()?;
+        i = kend;
+        ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let start = i;
+        match b.get(i)? {
+            b'"' => i = string_end(i)?,
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match b.get(i)? {
+                        b'"' => {
+                            i = string_end(i)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            _ => {
+                while b
+                    .get(i)
+                    .is_some_and(|c| !matches!(c, b',' | b'}') && !c.is_ascii_whitespace())
+                {
+                    i += 1;
+                }
+                // A number or literal is only whole once something follows it.
+                b.get(i)?;
+            }
+        }
+        if key == field {
+            return match serde_json::from_slice::<Value>(b.get(start..i)?).ok()? {
+                Value::String(s) if !s.trim().is_empty() => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+        }
+        ws(&mut i);
+        match b.get(i)? {
+            b',' => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// Whether every body-keyed limit can already find its field in `body`
+/// (reading more would not change the keys).
+pub fn body_fields_found(limits: &[Limit], body: &BodyPrefix) -> bool {
+    limits.iter().all(|l| match &l.key {
+        KeySpec::Form(f) => form_field(body, f).is_some(),
+        KeySpec::Json(f) => json_field(body, f).is_some(),
+        _ => true,
+    })
 }
 
 /// The store key of one limit for one request: `route`'s hash tag keeps a
@@ -374,7 +475,23 @@ mod tests {
             json_field(&b(r#"{"user":"bob"}"#, true), "user").as_deref(),
             Some("bob")
         );
-        assert_eq!(json_field(&b(r#"{"user":"bob"}"#, false), "user"), None);
+        assert_eq!(
+            json_field(&b(r#"{"user":"bob"}"#, false), "user").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            json_field(&b(r#"{"pw":{"a":[1,"}"]},"user":"bo"#, false), "user"),
+            None
+        );
+        assert_eq!(
+            json_field(&b(r#"{"pw":{"a":[1,"}"]},"user":"bob","#, false), "user").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            json_field(&b(r#"{"n":{"user":"x"},"user":"y","#, false), "user").as_deref(),
+            Some("y")
+        );
+        assert_eq!(json_field(&b(r#"{"user":12"#, false), "user"), None);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let h = HeaderMap::new();
         let k1 = key_for(

@@ -14,8 +14,12 @@ use std::sync::RwLock;
 /// Longest `jti` or subject accepted by the admin API (bytes).
 pub const MAX_ID_LEN: usize = 512;
 /// Most revoked `jti`s held; beyond it new revocations are refused (507)
-/// rather than silently dropped. About 100 bytes each (see docs).
-pub const MAX_JTIS: usize = 2_000_000;
+/// rather than silently dropped. About 160-260 bytes each for 40-byte jtis
+/// (measured, see docs/performance.md), so at most ~260 MB.
+pub const MAX_JTIS: usize = 1_000_000;
+/// Furthest a revoked token's `exp` may lie ahead (ten years): larger
+/// values are not expiry times and would not survive the store as integers.
+pub const MAX_EXP_AHEAD: i64 = 10 * 366 * 86_400;
 
 /// One revocation, as announced on the channel and applied to mirrors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! then shared immutably (and swapped whole on reload), so a request sees one
 //! consistent config from start to end.
 
+use crate::auth::jwks::{JwksTiming, KeySource, RemoteKeys};
 use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
 use crate::auth::session::{normalize_allowed, SessionSettings};
 use crate::config::file::{FileConfig, IssuerFile, RouteFile, UpstreamFile};
@@ -12,6 +13,7 @@ use crate::router::{Matcher, Router};
 use http::HeaderName;
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, EncodingKey};
+use pingora::utils::tls::WrappedX509;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +28,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: Duration,
+    /// TLS termination on `listen`: (certificate chain, private key) files.
+    pub tls: Option<(String, String)>,
 }
 
 /// How a route authenticates.
@@ -83,6 +87,8 @@ pub struct Upstream {
     pub addrs: Vec<SocketAddr>,
     pub tls: bool,
     pub sni: String,
+    /// Trust anchors for the upstream's certificate (default: system roots).
+    pub ca: Option<Arc<[WrappedX509]>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     next: AtomicUsize,
@@ -112,7 +118,7 @@ pub struct Issuer {
     pub algs: AlgSet,
     /// Algorithms in the order configured (the first signs `authgate token`).
     pub algorithms: Vec<Algorithm>,
-    pub keys: KeySet,
+    pub keys: KeySource,
     pub leeway: i64,
     pub signing_key: Option<EncodingKey>,
     /// The `kid` to put in minted tokens: the only kid of the key set, if one.
@@ -164,6 +170,30 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     } else {
         base.join(path)
     }
+}
+
+/// Why a PEM certificate file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a valid X.509 certificate")]
+    Invalid,
+}
+
+/// The DER certificates of a PEM file, each checked to parse as X.509 (so
+/// nothing downstream can trip over a malformed one).
+pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, CertError> {
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut out = Vec::new();
+    for c in rustls_pemfile::certs(&mut r) {
+        let der = c?.to_vec();
+        if x509_parser::parse_x509_certificate(&der).is_err() {
+            return Err(CertError::Invalid);
+        }
+        out.push(der);
+    }
+    Ok(out)
 }
 
 /// Reads a secret from a file: one trailing newline is dropped.
@@ -239,7 +269,7 @@ impl Runtime {
     /// collected) and the result is `None` if there was any.
     pub fn build(cfg: FileConfig, base: &Path, issues: &mut Issues) -> Option<Runtime> {
         let before = issues.0.len();
-        let server = build_server(&cfg, issues);
+        let server = build_server(&cfg, base, issues);
 
         let admin_token = cfg.admin.as_ref().and_then(|a| {
             secret(
@@ -257,7 +287,7 @@ impl Runtime {
         let mut upstream_names = Vec::new();
         let mut upstreams = Vec::new();
         for (name, u) in &cfg.upstreams {
-            if let Some(up) = build_upstream(name, u, issues) {
+            if let Some(up) = build_upstream(name, u, base, issues) {
                 upstream_names.push(name.clone());
                 upstreams.push(up);
             }
@@ -278,7 +308,16 @@ impl Runtime {
         if cfg.routes.is_empty() {
             issues.at("", "no [[routes]] defined: every request would be 404");
         }
+        let mut names = std::collections::HashSet::new();
         for (idx, r) in cfg.routes.iter().enumerate() {
+            if let Some(n) = &r.name {
+                if !names.insert(n.as_str()) {
+                    issues.at(
+                        format!("routes.{idx}.name"),
+                        format!("duplicate route name `{n}` (names label metrics and logs)"),
+                    );
+                }
+            }
             let at = |k: &str| format!("routes.{idx}.{k}");
             let built = Built {
                 cfg: &cfg,
@@ -366,6 +405,25 @@ fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
             format!("unknown store kind `{other}` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")"),
         ),
     }
+    let kind = store.kind.as_deref().unwrap_or("memory");
+    for (key, given, for_kind) in [
+        ("urls", store.urls.is_some(), "redis_cluster"),
+        ("sentinels", store.sentinels.is_some(), "redis_sentinel"),
+        ("master", store.master.is_some(), "redis_sentinel"),
+    ] {
+        if given && kind != for_kind {
+            issues.at(
+                format!("store.{key}"),
+                format!("`{key}` belongs to kind = \"{for_kind}\""),
+            );
+        }
+    }
+    if store.url.is_some() && kind == "memory" {
+        issues.at(
+            "store.url",
+            "`url` belongs to kind = \"redis\" (the memory store has no URL)",
+        );
+    }
     if store.ca_file.is_some() {
         issues.at(
             "store.ca_file",
@@ -421,7 +479,7 @@ fn build_sessions(
             ),
         }
     }
-    if s.secrets_env.is_none() && s.secrets_files.is_none() {
+    if s.secrets_env.iter().flatten().count() + s.secrets_files.iter().flatten().count() == 0 {
         issues.at("sessions", "[sessions] needs the cookie-signing secrets: secrets_env = [...] or secrets_files = [...]");
     }
     let subject = match s.identity.as_ref().and_then(|i| i.subject.clone()) {
@@ -469,7 +527,7 @@ fn build_sessions(
     })
 }
 
-fn build_server(cfg: &FileConfig, issues: &mut Issues) -> Option<ServerSettings> {
+fn build_server(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> Option<ServerSettings> {
     let s = &cfg.server;
     let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
     let admin_listen = s
@@ -491,13 +549,51 @@ fn build_server(cfg: &FileConfig, issues: &mut Issues) -> Option<ServerSettings>
         );
         ok = false;
     }
-    if s.tls.is_some() {
-        issues.at(
-            "server.tls",
-            "TLS termination is not available in this build yet",
-        );
-        ok = false;
-    }
+    let tls = match &s.tls {
+        None => None,
+        Some(t) => {
+            let cert = resolve(base, &t.cert_file);
+            let key = resolve(base, &t.key_file);
+            match read_certs(&cert) {
+                Ok(c) if c.is_empty() => {
+                    issues.at(
+                        "server.tls.cert_file",
+                        format!("`{}` holds no PEM certificate", t.cert_file),
+                    );
+                    ok = false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    issues.at("server.tls.cert_file", format!("`{}`: {e}", t.cert_file));
+                    ok = false;
+                }
+            }
+            match std::fs::File::open(&key)
+                .map(std::io::BufReader::new)
+                .map(|mut r| rustls_pemfile::private_key(&mut r))
+            {
+                Ok(Ok(Some(_))) => {}
+                Ok(_) => {
+                    issues.at(
+                        "server.tls.key_file",
+                        format!("`{}` holds no PEM private key", t.key_file),
+                    );
+                    ok = false;
+                }
+                Err(e) => {
+                    issues.at(
+                        "server.tls.key_file",
+                        format!("cannot read `{}`: {e}", t.key_file),
+                    );
+                    ok = false;
+                }
+            }
+            Some((
+                cert.to_string_lossy().into_owned(),
+                key.to_string_lossy().into_owned(),
+            ))
+        }
+    };
     let threads = s.threads.unwrap_or(2);
     if threads == 0 || threads > 1024 {
         issues.at("server.threads", "threads must be between 1 and 1024");
@@ -534,10 +630,16 @@ fn build_server(cfg: &FileConfig, issues: &mut Issues) -> Option<ServerSettings>
         threads,
         trusted_proxies: trusted,
         grace_period,
+        tls,
     })
 }
 
-fn build_upstream(name: &str, u: &UpstreamFile, issues: &mut Issues) -> Option<Upstream> {
+fn build_upstream(
+    name: &str,
+    u: &UpstreamFile,
+    base: &Path,
+    issues: &mut Issues,
+) -> Option<Upstream> {
     let at = |k: &str| format!("upstreams.{name}.{k}");
     let mut addrs = Vec::new();
     let mut ok = true;
@@ -567,11 +669,30 @@ fn build_upstream(name: &str, u: &UpstreamFile, issues: &mut Issues) -> Option<U
             }
         }
     }
-    if u.ca_file.is_some() {
-        issues.at(
-            at("ca_file"),
-            "a custom upstream CA is not available in this build yet",
-        );
+    let ca = match &u.ca_file {
+        None => None,
+        Some(f) => match read_certs(&resolve(base, f)) {
+            Ok(certs) if !certs.is_empty() => {
+                let wrapped: Vec<WrappedX509> = certs
+                    .into_iter()
+                    .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
+                    .collect();
+                Some(Arc::from(wrapped))
+            }
+            Ok(_) => {
+                issues.at(at("ca_file"), format!("`{f}` holds no PEM certificate"));
+                ok = false;
+                None
+            }
+            Err(e) => {
+                issues.at(at("ca_file"), format!("`{f}`: {e}"));
+                ok = false;
+                None
+            }
+        },
+    };
+    if u.ca_file.is_some() && !u.tls {
+        issues.at(at("ca_file"), "ca_file needs tls = true");
         ok = false;
     }
     let mut timeout = |k: &str, v: &Option<String>, d: u64| match v.as_deref().map(duration) {
@@ -595,6 +716,7 @@ fn build_upstream(name: &str, u: &UpstreamFile, issues: &mut Issues) -> Option<U
         name: name.to_string(),
         addrs,
         tls: u.tls,
+        ca,
         sni,
         connect_timeout,
         read_timeout,
@@ -654,11 +776,35 @@ fn build_issuer(name: &str, i: &IssuerFile, base: &Path, issues: &mut Issues) ->
     let mut keys = KeySet::default();
     let mut secret_bytes = None;
     let mut key_path = String::new();
-    if i.jwks_url.is_some() {
-        issues.at(
-            at("jwks_url"),
-            "jwks_url is not available in this build yet; use jwks_file",
-        );
+    let mut remote = None;
+    if let Some(url) = &i.jwks_url {
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://"))
+            || reqwest::Url::parse(url).is_err()
+        {
+            issues.at(at("jwks_url"), format!("`{url}` is not an http(s) URL"));
+        }
+        let mut dur = |k: &str, v: &Option<String>, d: u64| match v.as_deref().map(duration) {
+            None => Duration::from_secs(d),
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                issues.at(at(k), e);
+                Duration::from_secs(d)
+            }
+        };
+        let timing = JwksTiming {
+            min_refresh: dur("jwks_min_refresh", &i.jwks_min_refresh, 30)
+                .max(Duration::from_secs(1)),
+            max_refresh: dur("jwks_max_refresh", &i.jwks_max_refresh, 600),
+            cooldown: dur("jwks_cooldown", &i.jwks_cooldown, 10),
+        };
+        if timing.max_refresh < timing.min_refresh {
+            issues.at(
+                at("jwks_max_refresh"),
+                "jwks_max_refresh is shorter than jwks_min_refresh",
+            );
+        }
+        remote = Some(Arc::new(RemoteKeys::new(name, url, timing)));
     } else if let Some(f) = &i.jwks_file {
         key_path = at("jwks_file");
         match std::fs::read(resolve(base, f)) {
@@ -750,6 +896,10 @@ fn build_issuer(name: &str, i: &IssuerFile, base: &Path, issues: &mut Issues) ->
     if issues.0.len() > before {
         return None;
     }
+    let keys = match remote {
+        Some(r) => KeySource::Remote(r),
+        None => KeySource::Static(Arc::new(keys)),
+    };
     Some(Issuer {
         name: Arc::from(name),
         issuer,
@@ -822,6 +972,18 @@ fn build_route(
         }
     };
     let mut route_issuers = Vec::new();
+    if r.issuers.as_ref().is_some_and(Vec::is_empty) {
+        issues.at(
+            at("issuers"),
+            "an empty issuers list accepts no token; omit it to accept every issuer",
+        );
+    }
+    if r.require.is_some() && auth == AuthMode::None {
+        issues.at(
+            at("require"),
+            "require has no identity to check on an auth = \"none\" route",
+        );
+    }
     match &r.issuers {
         Some(list) => {
             for (n, name) in list.iter().enumerate() {

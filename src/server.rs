@@ -6,7 +6,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::state::State;
-use crate::watch::{RevocationWatcher, SessionWatcher};
+use crate::watch::{JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub enum StartError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("TLS listener: {0}")]
+    Tls(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -46,7 +48,12 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
         },
         "authgate proxy",
     );
-    proxy.add_tcp(&settings.listen);
+    match &settings.tls {
+        Some((cert, key)) => proxy
+            .add_tls(&settings.listen, cert, key)
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+        None => proxy.add_tcp(&settings.listen),
+    }
 
     let mut admin = Service::new(
         "authgate admin".to_string(),
@@ -68,6 +75,18 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     server.add_service(background_service(
         "revocations",
         RevocationWatcher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "jwks",
+        JwksRefresher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "sighup",
+        SighupReloader {
             state: state.clone(),
         },
     ));

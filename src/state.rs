@@ -3,6 +3,7 @@
 //! session cache and the metrics.
 
 use crate::auth::cache::SessionCache;
+use crate::auth::jwks::KeySource;
 use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::runtime::{Runtime, StoreKind};
@@ -11,7 +12,18 @@ use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(crate::config::ConfigErrors),
+    #[error("{0}: restart the gateway to apply it")]
+    NeedsRestart(String),
+    #[error("another reload is in progress")]
+    Busy,
+}
 
 /// Shared process state.
 pub struct State {
@@ -26,6 +38,7 @@ pub struct State {
     pub revocations: Revocations,
     /// Whether the mirror has been read from the store once (readiness).
     pub revocations_synced: AtomicBool,
+    reload_lock: Mutex<()>,
     /// The config file path as given on the command line (for reloads).
     pub config_path: String,
 }
@@ -59,7 +72,16 @@ impl State {
             sessions,
             revocations: Revocations::default(),
             revocations_synced: AtomicBool::new(false),
+            reload_lock: Mutex::new(()),
             config_path,
+        })
+    }
+
+    /// Whether every `jwks_url` issuer's keys have loaded once.
+    pub fn keys_loaded(&self) -> bool {
+        self.runtime().issuers.iter().all(|i| match &i.keys {
+            KeySource::Remote(r) => r.loaded(),
+            KeySource::Static(_) => true,
         })
     }
 
@@ -84,5 +106,90 @@ impl State {
     /// Installs a new config; requests in flight keep the one they loaded.
     pub fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Re-reads the config file. A valid file is swapped in atomically
+    /// (requests in flight finish on the config they started with); an
+    /// invalid one changes nothing. Settings bound at start-up (listeners,
+    /// threads, TLS) keep their running values with a warning; a change to
+    /// the store or to whether sessions exist is refused (restart needed).
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let Ok(_one_at_a_time) = self.reload_lock.lock() else {
+            return Err(ReloadError::Busy);
+        };
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(summary) => tracing::info!(summary = summary.as_str(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the running config is kept")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, ReloadError> {
+        let mut new = crate::config::load(&self.config_path).map_err(ReloadError::Invalid)?;
+        let old = self.runtime();
+        if new.store != old.store {
+            return Err(ReloadError::NeedsRestart("[store] changed".into()));
+        }
+        match (&new.sessions, &old.sessions) {
+            (Some(a), Some(b))
+                if a.key_prefix != b.key_prefix
+                    || a.cache_size != b.cache_size
+                    || a.cache_ttl != b.cache_ttl =>
+            {
+                return Err(ReloadError::NeedsRestart(
+                    "[sessions] key_prefix, cache_size or cache_ttl changed".into(),
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ReloadError::NeedsRestart(
+                    "[sessions] added or removed".into(),
+                ));
+            }
+            _ => {}
+        }
+        let s = &new.server;
+        let o = &old.server;
+        for (what, changed) in [
+            ("server.listen", s.listen != o.listen),
+            ("server.admin_listen", s.admin_listen != o.admin_listen),
+            ("server.threads", s.threads != o.threads),
+            ("server.tls", s.tls != o.tls),
+            ("server.grace_period", s.grace_period != o.grace_period),
+        ] {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "this setting only changes on restart; the running value is kept"
+                );
+            }
+        }
+        new.server = old.server.clone();
+        // Keep fetched key sets (and their schedules) for unchanged issuers.
+        for issuer in &mut new.issuers {
+            if let KeySource::Remote(r) = &issuer.keys {
+                let same = old.issuers.iter().find_map(|o| match &o.keys {
+                    KeySource::Remote(or)
+                        if o.name == issuer.name && or.url == r.url && or.timing == r.timing =>
+                    {
+                        Some(or.clone())
+                    }
+                    _ => None,
+                });
+                if let Some(existing) = same {
+                    issuer.keys = KeySource::Remote(existing);
+                }
+            }
+        }
+        let summary = new.summary();
+        self.swap(new);
+        Ok(summary)
     }
 }

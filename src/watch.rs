@@ -2,10 +2,11 @@
 //! run on their own pingora runtime, so the proxy's workers never do this
 //! work, and they stop with the server's shutdown signal.
 
+use crate::auth::jwks::KeySource;
 use crate::auth::jwt::now_unix;
 use crate::revocation::Revocation;
 use crate::state::State;
-use crate::store::redis::{RedisStore, REVOCATION_CHANNEL};
+use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -86,7 +87,7 @@ impl RevocationWatcher {
         shutdown: &mut ShutdownWatch,
     ) -> Result<(), StoreError> {
         let (mut conn, mut rx) = redis.push_connection().await?;
-        conn.subscribe(REVOCATION_CHANNEL)
+        conn.subscribe(&redis.channel)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         // Subscribed first, then read: nothing announced in between is lost.
@@ -154,6 +155,106 @@ impl BackgroundService for RevocationWatcher {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+/// Fetches and refreshes every `jwks_url` issuer of the running config
+/// (which, across reloads, keeps the same key sets for unchanged issuers).
+pub struct JwksRefresher {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut warned = std::collections::HashSet::new();
+        loop {
+            let rt = self.state.runtime();
+            let mut all_loaded = true;
+            for issuer in &rt.issuers {
+                let KeySource::Remote(remote) = &issuer.keys else {
+                    continue;
+                };
+                if warned.insert(remote.url.clone()) && insecure_url(&remote.url) {
+                    tracing::warn!(issuer = remote.issuer.as_str(), url = remote.url.as_str(), "jwks_url is plain http to a non-loopback host: keys can be tampered with in transit");
+                }
+                if remote.due() {
+                    let result = remote.fetch().await;
+                    let label = if result.is_ok() { "ok" } else { "error" };
+                    self.state
+                        .metrics
+                        .jwks_refresh
+                        .with_label_values(&[remote.issuer.as_str(), label])
+                        .inc();
+                    match result {
+                        Ok(n) => {
+                            tracing::info!(issuer = remote.issuer.as_str(), keys = n, "JWKS loaded")
+                        }
+                        Err(e) => {
+                            tracing::warn!(issuer = remote.issuer.as_str(), error = %e, loaded = remote.loaded(), "JWKS fetch failed; the keys in place keep serving")
+                        }
+                    }
+                }
+                all_loaded &= remote.loaded();
+            }
+            let tick = if all_loaded {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(200)
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+}
+
+/// `http://` to anything but loopback.
+fn insecure_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if u.scheme() != "http" {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Domain(d)) => d != "localhost",
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        None => true,
+    }
+}
+
+/// Reloads the config on SIGHUP (pingora leaves SIGHUP free).
+pub struct SighupReloader {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    let state = self.state.clone();
+                    // File reads and key parsing are blocking work.
+                    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                }
             }
         }
     }

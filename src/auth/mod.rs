@@ -3,6 +3,7 @@
 //! is tested without a proxy session.
 
 pub mod cache;
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod session;
@@ -48,8 +49,8 @@ pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Arc<Identity>, Reason> {
-    let jwt = |token: &str| {
-        let id = verify_token(rt, route, token, jwt::now_unix())?;
+    let jwt = |id: Result<Identity, Reason>| {
+        let id = id?;
         // Checked on every request (and, later, on every cache hit): a local
         // lookup, never the network.
         if state.revocations.is_revoked(&id) {
@@ -59,14 +60,71 @@ pub async fn authenticate(
     };
     match route.auth {
         AuthMode::None => Err(Reason::Ok),
-        AuthMode::Jwt => jwt(bearer(headers)?),
+        AuthMode::Jwt => {
+            let token = bearer(headers)?;
+            jwt(verify_with_refetch(state, rt, route, token).await)
+        }
         AuthMode::Session => by_session(state, rt, headers).await,
         AuthMode::JwtOrSession => match bearer(headers) {
-            Ok(token) => jwt(token),
+            Ok(token) => jwt(verify_with_refetch(state, rt, route, token).await),
             Err(Reason::MissingCredentials) => by_session(state, rt, headers).await,
             Err(e) => Err(e),
         },
     }
+}
+
+/// [`verify_token`], and when the token names a `kid` its issuer's remote
+/// key set lacks, one shared re-fetch (within the cooldown) and a retry.
+async fn verify_with_refetch(
+    state: &State,
+    rt: &Runtime,
+    route: &Route,
+    token: &str,
+) -> Result<Identity, Reason> {
+    match verify_token(rt, route, token, jwt::now_unix()) {
+        Err(Reason::UnknownKey) => {
+            let Some(remote) = remote_issuer_of(rt, route, token) else {
+                return Err(Reason::UnknownKey);
+            };
+            match remote.refetch_for_unknown_kid().await {
+                Some(Ok(_)) => {
+                    state
+                        .metrics
+                        .jwks_refresh
+                        .with_label_values(&[remote.issuer.as_str(), "ok"])
+                        .inc();
+                    verify_token(rt, route, token, jwt::now_unix())
+                }
+                Some(Err(e)) => {
+                    state
+                        .metrics
+                        .jwks_refresh
+                        .with_label_values(&[remote.issuer.as_str(), "error"])
+                        .inc();
+                    tracing::warn!(issuer = remote.issuer.as_str(), error = %e, "JWKS re-fetch for an unknown kid failed");
+                    Err(Reason::UnknownKey)
+                }
+                None => Err(Reason::UnknownKey),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The remote key set of the route issuer this token claims (by `iss`).
+fn remote_issuer_of(rt: &Runtime, route: &Route, token: &str) -> Option<Arc<jwks::RemoteKeys>> {
+    let jws = jwt::parse(token).ok()?;
+    let claims = jwt::claims_of(&jws.payload().ok()?).ok()?;
+    let iss = claims.get("iss")?.as_str()?;
+    route
+        .issuers
+        .iter()
+        .filter_map(|i| rt.issuers.get(*i))
+        .find(|i| i.issuer == iss)
+        .and_then(|i| match &i.keys {
+            jwks::KeySource::Remote(r) => Some(r.clone()),
+            jwks::KeySource::Static(_) => None,
+        })
 }
 
 async fn by_session(
@@ -105,7 +163,8 @@ pub fn verify_token(
         .filter_map(|i| rt.issuers.get(*i))
         .find(|i| Some(i.issuer.as_str()) == iss)
         .ok_or(Reason::WrongIssuer)?;
-    jws.verify(&issuer.keys, issuer.algs)?;
+    let keys = issuer.keys.current()?;
+    jws.verify(&keys, issuer.algs)?;
     let rules = jwt::ClaimRules {
         issuer: &issuer.issuer,
         audiences: &issuer.audiences,

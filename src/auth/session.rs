@@ -226,7 +226,14 @@ pub async fn authenticate(
                 expires_ms: parsed.expires_ms,
                 original_max_age_ms: parsed.original_max_age_ms,
                 valid_until: Instant::now() + life,
-                last_touch_ms: std::sync::atomic::AtomicI64::new(0),
+                // The key's remaining TTL tells when it was last armed (by
+                // any instance): no touch is due before touch_interval.
+                last_touch_ms: std::sync::atomic::AtomicI64::new(
+                    match (parsed.original_max_age_ms, rec.ttl_ms) {
+                        (Some(max), Some(ttl)) if ttl <= max => now - (max - ttl) as i64,
+                        _ => 0,
+                    },
+                ),
             });
             cache.insert(&sid, generation, e.clone());
             e

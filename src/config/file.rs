@@ -117,6 +117,12 @@ pub struct IssuerFile {
     pub secret_file: Option<String>,
     pub private_key_file: Option<String>,
     pub leeway: Option<String>,
+    /// jwks_url: shortest time between scheduled refreshes.
+    pub jwks_min_refresh: Option<String>,
+    /// jwks_url: longest time between scheduled refreshes.
+    pub jwks_max_refresh: Option<String>,
+    /// jwks_url: least time between fetches triggered by an unknown kid.
+    pub jwks_cooldown: Option<String>,
 }
 
 /// `require = { roles = [...], scopes = [...] }`.

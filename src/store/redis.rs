@@ -28,7 +28,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const REVOKED_JTIS: &str = "authgate:revoked:jti";
 /// Hash of subject cutoffs: field `<issuer or *>\n<sub>`, value unix seconds.
 pub const REVOKED_SUBS: &str = "authgate:revoked:sub";
-/// The pub/sub channel revocations are announced on (JSON [`Revocation`]).
+/// The pub/sub channel revocations are announced on (JSON [`Revocation`]),
+/// followed by `:<db>`: pub/sub is server-wide, databases are not.
 pub const REVOCATION_CHANNEL: &str = "authgate:revocations";
 
 /// A Redis-backed store.
@@ -36,6 +37,20 @@ pub struct RedisStore {
     client: Client,
     url: String,
     conn: OnceCell<ConnectionManager>,
+    /// The tracking connection while it is up: rolling touches go over it,
+    /// and with `NOLOOP` its own writes do not evict the session it just
+    /// refreshed from every cache.
+    touch_conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// This database's revocation channel.
+    pub channel: String,
+}
+
+/// The database number of a redis:// URL (`/N` path), 0 by default.
+fn db_of(url: &str) -> i64 {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.path().trim_start_matches('/').parse().ok())
+        .unwrap_or(0)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -50,6 +65,8 @@ impl RedisStore {
             client,
             url: url.to_string(),
             conn: OnceCell::new(),
+            touch_conn: std::sync::Mutex::new(None),
+            channel: format!("{REVOCATION_CHANNEL}:{}", db_of(url)),
         })
     }
 
@@ -86,10 +103,13 @@ impl RedisStore {
         loop {
             tracking(false);
             invalidate(None);
-            if let Err(e) = self
+            let result = self
                 .track_once(prefix, invalidate, tracking, &mut shutdown)
-                .await
-            {
+                .await;
+            if let Ok(mut slot) = self.touch_conn.lock() {
+                *slot = None;
+            }
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "session invalidation channel lost; reconnecting");
             }
             if *shutdown.borrow() {
@@ -139,9 +159,13 @@ impl RedisStore {
             .arg("BCAST")
             .arg("PREFIX")
             .arg(prefix)
+            .arg("NOLOOP")
             .exec_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if let Ok(mut slot) = self.touch_conn.lock() {
+            *slot = Some(conn.clone());
+        }
         tracking(true);
         tracing::info!(prefix, "session invalidation tracking on");
         let mut ping = tokio::time::interval(Duration::from_millis(500));
@@ -197,13 +221,16 @@ impl Store for RedisStore {
     }
 
     async fn touch_session(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PEXPIRE")
-            .arg(key)
-            .arg(ttl_ms)
-            .exec_async(&mut conn)
-            .await
-            .map_err(unavailable)
+        let tracking_conn = self.touch_conn.lock().ok().and_then(|c| c.clone());
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(ttl_ms);
+        match tracking_conn {
+            Some(mut c) => cmd.exec_async(&mut c).await.map_err(unavailable),
+            None => {
+                let mut conn = self.conn().await?;
+                cmd.exec_async(&mut conn).await.map_err(unavailable)
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -238,14 +265,14 @@ impl Store for RedisStore {
                 }
             }
         }
-        pipe.publish(REVOCATION_CHANNEL, msg).ignore();
+        pipe.publish(&self.channel, msg).ignore();
         let mut conn = self.conn().await?;
         pipe.exec_async(&mut conn).await.map_err(unavailable)
     }
 
     async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
         let mut conn = self.conn().await?;
-        let (jtis, subs): (Vec<(String, i64)>, Vec<(String, i64)>) = redis::pipe()
+        let (jtis, subs): (Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
             .arg(REVOKED_JTIS)
             .arg(format!("({now}"))
@@ -256,13 +283,31 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let mut out = Vec::with_capacity(jtis.len() + subs.len());
-        out.extend(
-            jtis.into_iter()
-                .map(|(jti, exp)| Revocation::Jti { jti, exp }),
-        );
-        out.extend(subs.into_iter().filter_map(|(field, before)| {
-            parse_sub_field(&field).map(|(sub, iss)| Revocation::Sub { sub, iss, before })
-        }));
+        // One unreadable entry (written by hand, or by another tool) must
+        // not stop the rest from loading: skip it, loudly.
+        let num = |s: &str| {
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f as i64)
+            })
+        };
+        for (jti, exp) in jtis {
+            match num(&exp) {
+                Some(exp) => out.push(Revocation::Jti { jti, exp }),
+                None => tracing::warn!(
+                    key = REVOKED_JTIS,
+                    "skipping a revoked jti with an unreadable exp"
+                ),
+            }
+        }
+        for (field, before) in subs {
+            match (parse_sub_field(&field), num(&before)) {
+                (Some((sub, iss)), Some(before)) => out.push(Revocation::Sub { sub, iss, before }),
+                _ => tracing::warn!(key = REVOKED_SUBS, "skipping an unreadable subject cutoff"),
+            }
+        }
         Ok(out)
     }
 

@@ -1,0 +1,639 @@
+//! Rate-limit overhead benchmark, in one run (`cargo bench --bench rate_limit`).
+//!
+//! What a `[[routes.rate_limits]]` costs per request: two `auth = "none"`
+//! routes to the same upstream, `/open` (no limits) and `/limited` (`key =
+//! "ip"`, `limit = 1000000000`, `window = "1m"`: checked and consumed on every
+//! request, never reached), on two gateway processes:
+//!
+//! - **redis**: `[store] kind = "redis"`, its own `redis-server` on a free
+//!   loopback port (one atomic script call per limited request);
+//! - **memory**: no `[store]` (the in-process limiter).
+//!
+//! N client threads on keep-alive connections, a fixed time per phase after a
+//! warm-up; phases alternate (redis open, redis limited, memory open, memory
+//! limited, then the same in reverse order, and so on) to spread machine
+//! noise and order effects. Prints req/s, p50 / p99 per
+//! phase and per (store, route), and the ratio limited / unlimited per store.
+//! Before measuring, each limited route is checked to answer 200 with
+//! `RateLimit` headers; after, the store error and rate-limited counters.
+//!
+//! Everything runs on loopback: the upstream is a minimal keep-alive server
+//! (std threads, a fixed 2-byte 200); the gateway is the `authgate` binary
+//! cargo built for this bench (`CARGO_BIN_EXE_authgate`, i.e.
+//! `target/release/authgate`), `threads = 2`, request logs to /dev/null.
+//!
+//! Nothing is asserted about speed: machines are noisy. Tunables (env):
+//! `AUTHGATE_BENCH_CLIENTS` (client threads, default 8), `AUTHGATE_BENCH_SECS`
+//! (measured seconds per phase, default 5), `AUTHGATE_BENCH_ROUNDS`
+//! (alternations of the four phases, default 2).
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_authgate");
+const UPSTREAM_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+fn main() {
+    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("rate_limit: a load benchmark; run it with `cargo bench --bench rate_limit`");
+        return;
+    }
+    let clients = env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize;
+    let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
+    let rounds = env_num("AUTHGATE_BENCH_ROUNDS", 2.0) as usize;
+    let measure = Duration::from_secs_f64(secs);
+    let warmup = Duration::from_secs(1);
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rate_limit_bench");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("bench dir");
+
+    let redis = RedisServer::start(&dir);
+    let mut con = redis.connect();
+    let redis_version = info_field(&mut con, "server", "redis_version");
+    let upstream = start_upstream();
+    let on_redis = Gateway::start(&dir, "redis", Some(redis.addr), upstream);
+    let on_memory = Gateway::start(&dir, "memory", None, upstream);
+
+    println!("authgate rate-limit benchmark");
+    println!(
+        "  cpus: {}  redis-server {redis_version} on {}  upstream on {upstream}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        redis.addr
+    );
+    println!("  gateway: {BIN} (threads = 2, request log to /dev/null)");
+    println!(
+        "  routes: GET /open (no limits) and GET /limited (key \"ip\", limit 1000000000, window \"1m\"), auth \"none\", same upstream"
+    );
+    println!(
+        "  {clients} clients on keep-alive connections, {warmup:?} warm-up + {measure:?} measured per phase, {rounds} rounds"
+    );
+
+    // The limiter really runs on /limited (and not on /open).
+    for gw in [&on_redis, &on_memory] {
+        let mut c = Conn::open(gw.proxy).expect("connect");
+        let (status, _) = c.send(&get_request("/limited")).expect("GET /limited");
+        assert_eq!(status, 200, "GET /limited on the {} gateway", gw.name);
+        assert!(
+            c.rate_limit_header.is_some(),
+            "GET /limited on the {} gateway has no RateLimit header",
+            gw.name
+        );
+        let policy = c.rate_limit_header.clone().unwrap_or_default();
+        let (status, _) = c.send(&get_request("/open")).expect("GET /open");
+        assert_eq!(status, 200, "GET /open on the {} gateway", gw.name);
+        assert!(c.rate_limit_header.is_none(), "GET /open is limited");
+        println!(
+            "  {} gateway: /limited answers RateLimit: {policy}",
+            gw.name
+        );
+    }
+    let rl_keys: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    println!("  redis keys after the check: {rl_keys}");
+    println!();
+
+    let open = get_request("/open");
+    let limited = get_request("/limited");
+    let phases: [(&str, &Gateway, &[u8]); 4] = [
+        ("redis, unlimited", &on_redis, &open),
+        ("redis, limited", &on_redis, &limited),
+        ("memory, unlimited", &on_memory, &open),
+        ("memory, limited", &on_memory, &limited),
+    ];
+    let mut totals: Vec<(Vec<u32>, f64, u64)> = vec![(Vec::new(), 0.0, 0); phases.len()];
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        // Odd rounds in order, even rounds reversed: each phase runs both
+        // early and late in a round.
+        let order: Vec<usize> = if round % 2 == 1 {
+            (0..phases.len()).collect()
+        } else {
+            (0..phases.len()).rev().collect()
+        };
+        for i in order {
+            let (name, gw, req) = phases[i];
+            run_clients(gw.proxy, req, clients, warmup);
+            let start = Instant::now();
+            let tallies = run_clients(gw.proxy, req, clients, measure);
+            let elapsed = start.elapsed().as_secs_f64();
+            let mut lat: Vec<u32> = Vec::new();
+            let mut errors = 0;
+            for t in tallies {
+                lat.extend_from_slice(&t.latencies_us);
+                errors += t.errors;
+                if let Some(first) = t.first_error {
+                    eprintln!("  {name}: failed requests (first: {first})");
+                }
+            }
+            lat.sort_unstable();
+            let row = Row::new(format!("{name}, round {round}"), &lat, elapsed, errors);
+            println!(
+                "  done: {:<28} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                row.name,
+                row.rps,
+                f64::from(row.p50_us) / 1000.0,
+                f64::from(row.p99_us) / 1000.0
+            );
+            rows.push(row);
+            totals[i].0.extend_from_slice(&lat);
+            totals[i].1 += elapsed;
+            totals[i].2 += errors;
+        }
+    }
+    let totals: Vec<Row> = totals
+        .iter_mut()
+        .zip(phases.iter())
+        .map(|((lat, secs, errors), (name, _, _))| {
+            lat.sort_unstable();
+            Row::new(format!("{name}, all rounds"), lat, *secs, *errors)
+        })
+        .collect();
+
+    println!();
+    println!(
+        "| {:<30} | {:>8} | {:>7} | {:>7} | {:>9} | {:>6} |",
+        "phase", "req/s", "p50 ms", "p99 ms", "requests", "errors"
+    );
+    println!(
+        "|{:-<32}|{:->9}:|{:->8}:|{:->8}:|{:->10}:|{:->7}:|",
+        "", "", "", "", "", ""
+    );
+    for r in rows.iter().chain(totals.iter()) {
+        println!(
+            "| {:<30} | {:>8.0} | {:>7.3} | {:>7.3} | {:>9} | {:>6} |",
+            r.name,
+            r.rps,
+            f64::from(r.p50_us) / 1000.0,
+            f64::from(r.p99_us) / 1000.0,
+            r.requests,
+            r.errors
+        );
+    }
+    println!();
+    for (store, unlimited, limited) in [
+        ("redis", &totals[0], &totals[1]),
+        ("memory", &totals[2], &totals[3]),
+    ] {
+        println!(
+            "  {store:<6} limited / unlimited: throughput {:.3}   p50 {:.3}   p99 {:.3}",
+            limited.rps / unlimited.rps.max(f64::EPSILON),
+            f64::from(limited.p50_us) / f64::from(unlimited.p50_us.max(1)),
+            f64::from(limited.p99_us) / f64::from(unlimited.p99_us.max(1)),
+        );
+    }
+    for gw in [&on_redis, &on_memory] {
+        println!(
+            "  {} gateway after the run: authgate_rate_limited_total{{route=\"limited\"}} = {}, authgate_store_errors_total{{op=\"ratelimit\"}} = {}",
+            gw.name,
+            metric_value(gw.admin, "authgate_rate_limited_total{route=\"limited\"}")
+                .map_or("absent (never incremented)".into(), |v| v.to_string()),
+            metric_value(gw.admin, "authgate_store_errors_total{op=\"ratelimit\"}")
+                .map_or("absent (never incremented)".into(), |v| v.to_string()),
+        );
+    }
+    let calls = info_field(&mut con, "commandstats", "cmdstat_evalsha");
+    println!("  redis EVALSHA stats: {calls}");
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One result line.
+struct Row {
+    name: String,
+    rps: f64,
+    p50_us: u32,
+    p99_us: u32,
+    requests: usize,
+    errors: u64,
+}
+
+impl Row {
+    fn new(name: String, sorted: &[u32], secs: f64, errors: u64) -> Row {
+        Row {
+            name,
+            rps: sorted.len() as f64 / secs.max(f64::EPSILON),
+            p50_us: pct(sorted, 0.50),
+            p99_us: pct(sorted, 0.99),
+            requests: sorted.len(),
+            errors,
+        }
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+// ---------------------------------------------------------------- redis
+
+/// A `redis-server` child on a free loopback port (never 6379), killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (./scripts/prereqs.sh installs it)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let server = RedisServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = server.try_connect() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://{}/0", self.addr))?.get_connection()
+    }
+
+    fn connect(&self) -> redis::Connection {
+        self.try_connect().expect("connect to redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `field:value` of an `INFO section` line (`?` when absent).
+fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
+    let info: String = redis::cmd("INFO").arg(section).query(con).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// A keep-alive HTTP/1.1 server on a free port answering every request with
+/// the same small 200, one thread per connection.
+fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = serve_upstream(stream);
+            });
+        }
+    });
+    addr
+}
+
+fn serve_upstream(stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut line = String::new();
+    loop {
+        let mut len = 0usize;
+        let mut first = true;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                if first {
+                    continue;
+                }
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        io::copy(&mut (&mut reader).take(len as u64), &mut io::sink())?;
+        out.write_all(UPSTREAM_RESPONSE)?;
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// An `authgate serve` child, killed on drop.
+struct Gateway {
+    name: &'static str,
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts one on Redis (`Some`) or on the memory store (`None`) and waits
+    /// for `/readyz`.
+    fn start(
+        dir: &Path,
+        name: &'static str,
+        redis: Option<SocketAddr>,
+        upstream: SocketAddr,
+    ) -> Gateway {
+        let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let store = redis.map_or(String::new(), |r| {
+            format!("[store]\nkind = \"redis\"\nurl = \"redis://{r}/0\"\non_error = \"deny\"\n")
+        });
+        let toml = format!(
+            r#"[server]
+listen = "{proxy}"
+admin_listen = "{admin}"
+threads = 2
+trusted_proxies = []
+
+{store}
+[upstreams.app]
+addrs = ["{upstream}"]
+
+[[routes]]
+name = "open"
+path = "/open"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+name = "limited"
+path = "/limited"
+upstream = "app"
+auth = "none"
+
+[[routes.rate_limits]]
+key = "ip"
+limit = 1000000000
+window = "1m"
+count = "all"
+"#
+        );
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, toml).expect("write config");
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start authgate");
+        let mut gw = Gateway {
+            name,
+            child,
+            proxy,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!(
+                    "authgate exited during start-up ({status}):\n{}",
+                    fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            if matches!(get_status(admin, "/readyz"), Ok(200)) {
+                return gw;
+            }
+            assert!(Instant::now() < deadline, "authgate not ready after 30 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nAccept: */*\r\n\r\n").into_bytes()
+}
+
+/// One keep-alive connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    line: String,
+    body: Vec<u8>,
+    /// The last response's `RateLimit` header.
+    rate_limit_header: Option<String>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            line: String::new(),
+            body: Vec::new(),
+            rate_limit_header: None,
+        })
+    }
+
+    /// Sends one request and reads the whole response: (status, keep-alive).
+    fn send(&mut self, req: &[u8]) -> io::Result<(u16, bool)> {
+        self.writer.write_all(req)?;
+        self.line.clear();
+        self.rate_limit_header = None;
+        if self.reader.read_line(&mut self.line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {:?}", self.line)))?;
+        let mut len = 0usize;
+        let mut chunked = false;
+        let mut keep_alive = true;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.eq_ignore_ascii_case("chunked");
+                } else if k.eq_ignore_ascii_case("connection") {
+                    keep_alive = !v.eq_ignore_ascii_case("close");
+                } else if k.eq_ignore_ascii_case("ratelimit") {
+                    self.rate_limit_header = Some(v.to_string());
+                }
+            }
+        }
+        if chunked {
+            self.body.clear();
+            loop {
+                self.line.clear();
+                self.reader.read_line(&mut self.line)?;
+                let size = usize::from_str_radix(self.line.trim(), 16)
+                    .map_err(|_| io::Error::other("bad chunk size"))?;
+                let start = self.body.len();
+                self.body.resize(start + size + 2, 0);
+                self.reader.read_exact(&mut self.body[start..])?;
+                self.body.truncate(start + size);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.body.resize(len, 0);
+            self.reader.read_exact(&mut self.body)?;
+        }
+        Ok((status, keep_alive))
+    }
+}
+
+fn get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
+    let mut c = Conn::open(addr)?;
+    c.send(
+        format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map(|(s, _)| s)
+}
+
+/// A sample's value from `/metrics` (the line starting with `name_labels `).
+fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
+    let mut c = Conn::open(admin).ok()?;
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let text = String::from_utf8_lossy(&c.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name_labels} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
+/// What one client thread saw.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Sends `req` on one keep-alive connection until `until`.
+fn client_loop(addr: SocketAddr, req: &[u8], until: Instant) -> Tally {
+    let mut t = Tally {
+        latencies_us: Vec::with_capacity(1 << 16),
+        ..Tally::default()
+    };
+    let mut conn: Option<Conn> = None;
+    while Instant::now() < until {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(addr) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    t.errors += 1;
+                    t.first_error.get_or_insert_with(|| e.to_string());
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        let start = Instant::now();
+        match c.send(req) {
+            Ok((200, keep_alive)) => {
+                t.latencies_us
+                    .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if !keep_alive {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                t.errors += 1;
+                t.first_error
+                    .get_or_insert_with(|| format!("HTTP {status}"));
+            }
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert_with(|| e.to_string());
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+/// Runs `clients` threads against `addr` for `dur`; returns every thread's tally.
+fn run_clients(addr: SocketAddr, req: &[u8], clients: usize, dur: Duration) -> Vec<Tally> {
+    let req = Arc::new(req.to_vec());
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let req = req.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                client_loop(addr, &req, Instant::now() + dur)
+            })
+        })
+        .collect();
+    barrier.wait();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}

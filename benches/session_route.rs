@@ -1,0 +1,792 @@
+//! Load benchmark for session routes, in one run (`cargo bench --bench
+//! session_route`): what does a session-cookie route cost compared with a
+//! route that authenticates nothing, and how many Redis commands does it send
+//! per request?
+//!
+//! It starts its own `redis-server` on a free loopback port, a minimal
+//! keep-alive HTTP upstream (std threads, a fixed 2-byte 200 response written
+//! in one `write`), and the `authgate` binary cargo built for this bench
+//! (`CARGO_BIN_EXE_authgate`, i.e. `target/release/authgate`) with a config
+//! holding a pass-through route (`auth = "none"`) and a session route. Then N
+//! client threads, each on one keep-alive connection, send requests back to
+//! back for a fixed time per phase, and it prints requests/s, p50/p99 latency,
+//! each row's ratio to the pass-through route, and the Redis commands per
+//! request (from `INFO commandstats` before and after the phase).
+//!
+//! Nothing is asserted about speed: machines are noisy. Tunables (env):
+//! `AUTHGATE_BENCH_CLIENTS` (client threads, default 8),
+//! `AUTHGATE_BENCH_SECS` (measured seconds per phase, default 5).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const BIN: &str = env!("CARGO_BIN_EXE_authgate");
+const SECRET: &str = "bench-session-secret-0123456789abcdef";
+const DISTINCT: usize = 1_000;
+const UPSTREAM_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+fn main() {
+    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "session_route: a load benchmark; run it with `cargo bench --bench session_route`"
+        );
+        return;
+    }
+    let clients = env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize;
+    let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
+    let measure = Duration::from_secs_f64(secs);
+    let warmup = Duration::from_secs(1);
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("session_route");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("bench dir");
+
+    let redis = RedisServer::start(&dir);
+    let mut con = redis.connect();
+    let redis_version = info_field(&mut con, "server", "redis_version");
+    let upstream = start_upstream();
+
+    println!("authgate session-route load benchmark");
+    println!(
+        "  cpus: {}  clients: {clients} keep-alive connections  phase: {warmup:?} warm-up + {secs}s measured",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "  redis-server {redis_version} on {}  upstream on {upstream}  gateway: {BIN} (threads = 2, request log to /dev/null)",
+        redis.addr
+    );
+    println!();
+
+    let one = Session::new(&mut con, "bench-one", 0);
+    let mut rows: Vec<Row> = Vec::new();
+
+    // (a) the upstream directly.
+    let r = phase(
+        "upstream directly",
+        upstream,
+        &[request("/open/x", None)],
+        clients,
+        warmup,
+        measure,
+        &mut con,
+    );
+    rows.push(r);
+
+    let base = Config {
+        upstream,
+        redis: redis.addr,
+        extra: "",
+    };
+    {
+        let gw = Gateway::start(&dir, "main", &base);
+        wait_for_tracking(&mut con);
+
+        // (b) the pass-through route: routing, header hygiene, proxying.
+        rows.push(phase(
+            "pass-through (auth = \"none\")",
+            gw.proxy,
+            &[request("/open/x", None)],
+            clients,
+            warmup,
+            measure,
+            &mut con,
+        ));
+
+        // (c1) one session cookie, reused: after the first request the
+        // session comes from the local cache.
+        rows.push(phase(
+            "session, 1 cookie (cache warm)",
+            gw.proxy,
+            &[request("/app/x", Some(&one.cookie))],
+            clients,
+            warmup,
+            measure,
+            &mut con,
+        ));
+
+        // (c2) 1,000 distinct sessions, written just before the phase (so the
+        // cache starts cold for them: each one is read from Redis once).
+        let many: Vec<Session> = (0..DISTINCT)
+            .map(|i| Session::new(&mut con, &format!("bench-{i:04}"), i))
+            .collect();
+        let reqs: Vec<Vec<u8>> = many
+            .iter()
+            .map(|s| request("/app/x", Some(&s.cookie)))
+            .collect();
+        rows.push(phase(
+            "session, 1,000 cookies (cold at start)",
+            gw.proxy,
+            &reqs,
+            clients,
+            Duration::ZERO,
+            measure,
+            &mut con,
+        ));
+    }
+
+    // (c3) for comparison: no cache at all (`cache_ttl = "0s"`), so every
+    // request reads the session from Redis.
+    {
+        let cfg = Config {
+            extra: "cache_ttl = \"0s\"\n",
+            ..base
+        };
+        let gw = Gateway::start(&dir, "nocache", &cfg);
+        wait_for_tracking(&mut con);
+        rows.push(phase(
+            "session, 1 cookie, cache_ttl = \"0s\"",
+            gw.proxy,
+            &[request("/app/x", Some(&one.cookie))],
+            clients,
+            warmup,
+            measure,
+            &mut con,
+        ));
+    }
+
+    // (c4) for comparison: `rolling = true` (touch_interval default 60s).
+    {
+        let cfg = Config {
+            extra: "rolling = true\n",
+            ..base
+        };
+        let gw = Gateway::start(&dir, "rolling", &cfg);
+        wait_for_tracking(&mut con);
+        rows.push(phase(
+            "session, 1 cookie, rolling = true",
+            gw.proxy,
+            &[request("/app/x", Some(&one.cookie))],
+            clients,
+            warmup,
+            measure,
+            &mut con,
+        ));
+    }
+
+    print_table(&rows);
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+// ---------------------------------------------------------------- redis
+
+/// A `redis-server` child on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (./scripts/prereqs.sh installs it)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let server = RedisServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = server.try_connect() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://{}/0", self.addr))?.get_connection()
+    }
+
+    fn connect(&self) -> redis::Connection {
+        self.try_connect().expect("connect to redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
+    let info: String = redis::cmd("INFO").arg(section).query(con).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+/// `calls` per command from `INFO commandstats`.
+fn commandstats(con: &mut redis::Connection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(con)
+        .expect("INFO commandstats");
+    let mut out = BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.insert(name.to_string(), calls);
+    }
+    out
+}
+
+/// Waits until a client with key tracking on (the gateway's invalidation
+/// connection) is connected: before that, authgate caches nothing.
+fn wait_for_tracking(con: &mut redis::Connection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(con)
+            .expect("CLIENT LIST");
+        let tracking = list.lines().any(|l| {
+            l.split(' ')
+                .find_map(|kv| kv.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('t'))
+        });
+        if tracking {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never turned on Redis client tracking"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connect-redis session stored in Redis and its signed cookie.
+struct Session {
+    cookie: String,
+}
+
+impl Session {
+    fn new(con: &mut redis::Connection, sid: &str, n: usize) -> Session {
+        let day_ms: u64 = 86_400_000;
+        let expires =
+            humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(86_400));
+        let json = format!(
+            r#"{{"cookie":{{"originalMaxAge":{day_ms},"expires":"{expires}","httpOnly":true,"path":"/"}},"user":{{"id":"user-{n}","email":"user-{n}@example.com"}},"role":["member"]}}"#
+        );
+        redis::cmd("SET")
+            .arg(format!("sess:{sid}"))
+            .arg(json)
+            .arg("PX")
+            .arg(day_ms)
+            .query::<()>(con)
+            .expect("SET session");
+        Session {
+            cookie: format!("connect.sid={}", sign_cookie(sid)),
+        }
+    }
+}
+
+/// express-session's cookie: URL-encoded `s:<sid>.<base64 HMAC-SHA256>`.
+fn sign_cookie(sid: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(sid.as_bytes());
+    let sig = STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
+    percent_encoding::utf8_percent_encode(
+        &format!("s:{sid}.{sig}"),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string()
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// A keep-alive HTTP/1.1 server on a free port answering every request with
+/// the same small 200, one thread per connection.
+fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = serve_upstream(stream);
+            });
+        }
+    });
+    addr
+}
+
+fn serve_upstream(stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut line = String::new();
+    loop {
+        let mut len = 0usize;
+        let mut first = true;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                if first {
+                    continue;
+                }
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        io::copy(&mut (&mut reader).take(len as u64), &mut io::sink())?;
+        out.write_all(UPSTREAM_RESPONSE)?;
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+#[derive(Clone, Copy)]
+struct Config {
+    upstream: SocketAddr,
+    redis: SocketAddr,
+    /// Extra lines for `[sessions]`.
+    extra: &'static str,
+}
+
+/// An `authgate serve` child, killed on drop.
+struct Gateway {
+    child: Child,
+    proxy: SocketAddr,
+}
+
+impl Gateway {
+    fn start(dir: &Path, name: &str, cfg: &Config) -> Gateway {
+        let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let toml = format!(
+            r#"[server]
+listen = "{proxy}"
+admin_listen = "{admin}"
+
+[store]
+kind = "redis"
+url = "redis://{redis}/0"
+
+[upstreams.app]
+addrs = ["{upstream}"]
+
+[sessions]
+cookie = "connect.sid"
+secrets_env = ["AUTHGATE_BENCH_SESSION_SECRET"]
+key_prefix = "sess:"
+identity = {{ subject = "user.id", email = "user.email", roles = "role" }}
+{extra}
+[[routes]]
+name = "open"
+path_prefix = "/open/"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+name = "app"
+path_prefix = "/app/"
+upstream = "app"
+auth = "session"
+"#,
+            redis = cfg.redis,
+            upstream = cfg.upstream,
+            extra = cfg.extra,
+        );
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, toml).expect("write config");
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("AUTHGATE_BENCH_SESSION_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start authgate");
+        let mut gw = Gateway { child, proxy };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!(
+                    "authgate exited during start-up ({status}):\n{}",
+                    fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            if matches!(http_get_status(admin, "/readyz"), Ok(200)) {
+                return gw;
+            }
+            assert!(Instant::now() < deadline, "authgate not ready after 20 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+fn request(path: &str, cookie: Option<&str>) -> Vec<u8> {
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nAccept: */*\r\n{cookie}\r\n").into_bytes()
+}
+
+/// One keep-alive connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            line: String::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// Sends one request and reads the whole response: (status, keep-alive).
+    fn send(&mut self, req: &[u8]) -> io::Result<(u16, bool)> {
+        self.writer.write_all(req)?;
+        self.line.clear();
+        if self.reader.read_line(&mut self.line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {:?}", self.line)))?;
+        let mut len = 0usize;
+        let mut chunked = false;
+        let mut keep_alive = true;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.eq_ignore_ascii_case("chunked");
+                } else if k.eq_ignore_ascii_case("connection") {
+                    keep_alive = !v.eq_ignore_ascii_case("close");
+                }
+            }
+        }
+        if chunked {
+            loop {
+                self.line.clear();
+                self.reader.read_line(&mut self.line)?;
+                let size = usize::from_str_radix(self.line.trim(), 16)
+                    .map_err(|_| io::Error::other("bad chunk size"))?;
+                self.body.resize(size + 2, 0);
+                self.reader.read_exact(&mut self.body)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.body.resize(len, 0);
+            self.reader.read_exact(&mut self.body)?;
+        }
+        Ok((status, keep_alive))
+    }
+}
+
+fn http_get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
+    let mut c = Conn::open(addr)?;
+    c.send(
+        format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map(|(s, _)| s)
+}
+
+/// What one client thread saw.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Sends `reqs` round-robin on one connection until `until`.
+fn client_loop(addr: SocketAddr, reqs: &[Vec<u8>], offset: usize, until: Instant) -> Tally {
+    let mut t = Tally {
+        latencies_us: Vec::with_capacity(1 << 16),
+        ..Tally::default()
+    };
+    let mut conn: Option<Conn> = None;
+    let mut i = offset;
+    while Instant::now() < until {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(addr) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    t.errors += 1;
+                    t.first_error.get_or_insert_with(|| e.to_string());
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        let req = &reqs[i % reqs.len()];
+        i += 1;
+        let start = Instant::now();
+        match c.send(req) {
+            Ok((200, keep_alive)) => {
+                t.latencies_us
+                    .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if !keep_alive {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                t.errors += 1;
+                t.first_error
+                    .get_or_insert_with(|| format!("HTTP {status}"));
+            }
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert_with(|| e.to_string());
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+/// Runs `clients` threads against `addr` for `dur`; returns every thread's tally.
+fn run_clients(addr: SocketAddr, reqs: &[Vec<u8>], clients: usize, dur: Duration) -> Vec<Tally> {
+    let reqs = Arc::new(reqs.to_vec());
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|n| {
+            let reqs = reqs.clone();
+            let barrier = barrier.clone();
+            // Spread the threads over the request list (distinct sessions).
+            let offset = n * reqs.len() / clients.max(1);
+            thread::spawn(move || {
+                barrier.wait();
+                client_loop(addr, &reqs, offset, Instant::now() + dur)
+            })
+        })
+        .collect();
+    barrier.wait();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+// ---------------------------------------------------------------- phases
+
+struct Row {
+    name: String,
+    rps: f64,
+    p50_us: u32,
+    p99_us: u32,
+    errors: u64,
+    redis_per_req: f64,
+    breakdown: String,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Redis commands that are not per-request work: our own `INFO`, and the
+/// gateway's background connections (the session-tracking connection's
+/// `HELLO`, `CLIENT TRACKING` and keep-alive `PING`; the revocation mirror's
+/// `SUBSCRIBE` and periodic re-read).
+const BACKGROUND: &[&str] = &[
+    "info",
+    "ping",
+    "hello",
+    "client|tracking",
+    "client|setinfo",
+    "subscribe",
+    "zrangebyscore",
+    "hgetall",
+];
+
+/// A warm-up (not measured), then `measure` with Redis commandstats read
+/// before and after; [`BACKGROUND`] commands are not counted.
+fn phase(
+    name: &str,
+    addr: SocketAddr,
+    reqs: &[Vec<u8>],
+    clients: usize,
+    warmup: Duration,
+    measure: Duration,
+    con: &mut redis::Connection,
+) -> Row {
+    if !warmup.is_zero() {
+        run_clients(addr, reqs, clients, warmup);
+    }
+    let before = commandstats(con);
+    let start = Instant::now();
+    let tallies = run_clients(addr, reqs, clients, measure);
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = commandstats(con);
+
+    let mut lat: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tallies {
+        lat.extend_from_slice(&t.latencies_us);
+        errors += t.errors;
+        if first_error.is_none() {
+            first_error = t.first_error;
+        }
+    }
+    lat.sort_unstable();
+    let ok = lat.len() as f64;
+    let mut per_cmd: Vec<(String, f64)> = after
+        .iter()
+        .filter(|(k, _)| !BACKGROUND.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0)) as f64))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    per_cmd.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = per_cmd.iter().fold(0.0, |acc, (_, d)| acc + d);
+    let per_req = |d: f64| if ok > 0.0 { d / ok } else { 0.0 };
+    let breakdown = per_cmd
+        .iter()
+        .map(|(k, d)| format!("{k} {:.3}", per_req(*d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(e) = &first_error {
+        eprintln!("  {name}: {errors} failed requests (first: {e})");
+    }
+    let row = Row {
+        name: name.to_string(),
+        rps: ok / elapsed,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        errors,
+        redis_per_req: per_req(total),
+        breakdown,
+    };
+    println!(
+        "  done: {:<40} {:>9.0} req/s  ({} requests)",
+        row.name,
+        row.rps,
+        lat.len()
+    );
+    row
+}
+
+fn print_table(rows: &[Row]) {
+    let pass = rows.iter().find(|r| r.name.starts_with("pass-through"));
+    let pass_rps = pass.map_or(1.0, |r| r.rps);
+    let pass_p50 = pass.map_or(1.0, |r| f64::from(r.p50_us.max(1)));
+    println!();
+    println!(
+        "| {:<40} | {:>8} | {:>7} | {:>7} | {:>13} | {:>11} | {:>6} | {:>14} | {:<38} |",
+        "row",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "req/s vs pass",
+        "p50 vs pass",
+        "errors",
+        "redis cmds/req",
+        "by command"
+    );
+    println!(
+        "|{:-<42}|{:->9}:|{:->8}:|{:->8}:|{:->14}:|{:->12}:|{:->7}:|{:->15}:|{:-<40}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<40} | {:>8.0} | {:>7.3} | {:>7.3} | {:>12.2}x | {:>10.2}x | {:>6} | {:>14.3} | {:<38} |",
+            r.name,
+            r.rps,
+            f64::from(r.p50_us) / 1000.0,
+            f64::from(r.p99_us) / 1000.0,
+            r.rps / pass_rps,
+            f64::from(r.p50_us) / pass_p50,
+            r.errors,
+            r.redis_per_req,
+            if r.breakdown.is_empty() { "-" } else { &r.breakdown },
+        );
+    }
+}
