@@ -44,7 +44,7 @@ pub struct Ctx {
     /// Connect attempts so far (a failed connect retries the next address).
     tries: usize,
     /// `RateLimit-Policy` / `RateLimit` values for the upstream's response.
-    rate_headers: Option<(String, String)>,
+    rate_decision: Option<ratelimit::Decision>,
     /// `count = "failures"` cells, consumed if the upstream answers 401/403.
     failure_cells: Vec<Cell>,
     /// Body bytes read for rate-limit keys, to put back in front of the
@@ -53,6 +53,18 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// Gives back `failures` charges for an attempt that did not fail.
+    async fn refund(&self, cells: &[Cell]) {
+        if let Err(e) = self.state.store.rate_refund(cells).await {
+            self.state
+                .metrics
+                .store_errors
+                .with_label_values(&["ratelimit"])
+                .inc();
+            tracing::warn!(error = %e, op = "ratelimit", "a successful attempt could not be refunded");
+        }
+    }
+
     /// Checks the route's rate limits (one store call); `true` when a
     /// response (429, or 503 under `on_error = "deny"`) was sent.
     async fn rate_limit(
@@ -84,7 +96,7 @@ impl Gateway {
                 key: ratelimit::key_for(&route.name, i, &l.key, ip, headers, body.as_ref()),
                 emission_us: l.emission_us(),
                 window_us: l.window_us,
-                consume: l.count == Count::All,
+                consume: true,
             })
             .collect();
         match self.state.store.rate_check(&cells).await {
@@ -105,9 +117,9 @@ impl Gateway {
                 }
             }
             Ok(d) => {
-                let limits: Vec<&Limit> = route.limits.iter().collect();
-                let (policy, state) = ratelimit::headers(&limits, &d);
                 if !d.allowed {
+                    let limits: Vec<&Limit> = route.limits.iter().collect();
+                    let (policy, state) = ratelimit::headers(&limits, &d);
                     self.state
                         .metrics
                         .rate_limited
@@ -127,8 +139,13 @@ impl Gateway {
                         )
                         .await;
                 }
-                ctx.rate_headers = Some((policy, state));
-                ctx.failure_cells = cells.into_iter().filter(|c| !c.consume).collect();
+                ctx.rate_decision = Some(d);
+                ctx.failure_cells = cells
+                    .into_iter()
+                    .zip(&route.limits)
+                    .filter(|(_, l)| l.count == Count::Failures)
+                    .map(|(c, _)| c)
+                    .collect();
                 Ok(false)
             }
         }
@@ -222,16 +239,30 @@ fn allowed_origins(rt: &Runtime) -> &[String] {
 /// soon as every body key is found, at [`BODY_PREFIX`] bytes, or at the end
 /// of the body — and, for a body of known length above 64 KiB, before a read
 /// could both finish the body and overflow the buffer (pingora would then
-/// have nothing left to send). `Expect: 100-continue` bodies are not waited
-/// for (the keys fall back to the client IP).
+/// have nothing left to send). A client sending `Expect: 100-continue` is
+/// answered `100 Continue` here, then its body is read like any other.
 async fn read_prefix(
     session: &mut Session,
     limits: &[Limit],
 ) -> std::result::Result<(BodyPrefix, Option<Bytes>), Reason> {
-    let req = session.req_header();
-    if req.headers.contains_key(http::header::EXPECT) {
-        return Ok((BodyPrefix::default(), None));
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // The client waits for a go-ahead before sending the body: give it
+        // here (the key is in the body), and don't ask the upstream again.
+        session
+            .as_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| Reason::BadRequest)?;
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
     }
+    let req = session.req_header();
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
     let length = req
         .headers
@@ -333,7 +364,7 @@ impl ProxyHttp for Gateway {
             scheme: "http",
             upstream_start: None,
             tries: 0,
-            rate_headers: None,
+            rate_decision: None,
             failure_cells: Vec::new(),
             body_saved: None,
         }
@@ -390,10 +421,9 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         if route.auth == AuthMode::None {
-            self.state
-                .metrics
-                .auth_duration
-                .with_label_values(&[route.name.as_str(), "none"])
+            route
+                .metrics(&self.state.metrics)
+                .auth_for("none")
                 .observe(ctx.start.elapsed().as_secs_f64());
             return Ok(false);
         }
@@ -414,10 +444,9 @@ impl ProxyHttp for Gateway {
             }
         }
         let result = result.and_then(|id| auth::authorize(&route.require, &id));
-        self.state
-            .metrics
-            .auth_duration
-            .with_label_values(&[route.name.as_str(), ctx.auth_label])
+        route
+            .metrics(&self.state.metrics)
+            .auth_for(ctx.auth_label)
             .observe(ctx.start.elapsed().as_secs_f64());
         match result {
             Ok(()) => Ok(false),
@@ -465,19 +494,29 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some((policy, state)) = &ctx.rate_headers {
-            upstream_response.insert_header("RateLimit-Policy", policy.as_str())?;
-            upstream_response.insert_header("RateLimit", state.as_str())?;
+        let charged = std::mem::take(&mut ctx.failure_cells);
+        let refund = !charged.is_empty() && !matches!(upstream_response.status.as_u16(), 401 | 403);
+        if refund {
+            self.refund(&charged).await;
         }
-        if !ctx.failure_cells.is_empty() && matches!(upstream_response.status.as_u16(), 401 | 403) {
-            if let Err(e) = self.state.store.rate_consume(&ctx.failure_cells).await {
-                self.state
-                    .metrics
-                    .store_errors
-                    .with_label_values(&["ratelimit"])
-                    .inc();
-                tracing::warn!(error = %e, op = "ratelimit", "a failed attempt could not be counted");
+        let route = ctx
+            .rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, r)| rt.routes.get(r));
+        if let (Some(mut d), Some(route)) = (ctx.rate_decision.take(), route) {
+            if refund {
+                // The headers tell the budget after this answer.
+                for (backlog, l) in d.backlog_us.iter_mut().zip(&route.limits) {
+                    if l.count == Count::Failures {
+                        *backlog = backlog.saturating_sub(l.emission_us());
+                    }
+                }
             }
+            let limits: Vec<&Limit> = route.limits.iter().collect();
+            let (policy, state) = ratelimit::headers(&limits, &d);
+            upstream_response.insert_header("RateLimit-Policy", policy)?;
+            upstream_response.insert_header("RateLimit", state)?;
         }
         Ok(())
     }
@@ -619,24 +658,39 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Charged for a failure that never came (no upstream answer).
+        let charged = std::mem::take(&mut ctx.failure_cells);
+        if !charged.is_empty() {
+            self.refund(&charged).await;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.reason == Reason::Ok && e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) {
             ctx.reason = Reason::UpstreamError;
         }
-        let route = ctx
+        let matched = ctx
             .rt
             .as_ref()
             .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r))
-            .map_or("unmatched", |r| r.name.as_str());
+            .and_then(|(rt, r)| rt.routes.get(r));
+        let route = matched.map_or("unmatched", |r| r.name.as_str());
         let m = &self.state.metrics;
-        m.requests
-            .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
-            .inc();
-        if let Some(t) = ctx.upstream_start {
-            m.upstream_duration
-                .with_label_values(&[route])
-                .observe(t.elapsed().as_secs_f64());
+        match matched.map(|r| r.metrics(m)) {
+            Some(rm) => {
+                if ctx.reason == Reason::Ok {
+                    rm.allowed.inc();
+                } else {
+                    m.requests
+                        .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
+                        .inc();
+                }
+                if let Some(t) = ctx.upstream_start {
+                    rm.upstream.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            None => m
+                .requests
+                .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
+                .inc(),
         }
         let req = session.req_header();
         let subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref());

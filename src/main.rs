@@ -73,7 +73,12 @@ enum Command {
     },
 }
 
-fn init_logs() {
+/// JSON logs on stdout, written by a background thread so a request never
+/// waits on the stdout lock (blocking, not dropping, if it falls behind).
+fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -82,8 +87,9 @@ fn init_logs() {
         .with_current_span(false)
         .with_span_list(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .try_init();
+    guard
 }
 
 fn main() -> ExitCode {
@@ -100,7 +106,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            init_logs();
+            let _logs = init_logs();
             let rt = match config::load(&config) {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -3,7 +3,8 @@
 //! their own registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric authgate exports.
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub revocation_mirror: IntGaugeVec,
+    pub token_cache: IntCounterVec,
 }
 
 const AUTH_BUCKETS: &[f64] = &[
@@ -28,7 +30,41 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// A route's hot metric handles, resolved once (label lookups hash and
+/// lock; an allowed request should do neither).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub allowed: IntCounter,
+    /// auth_duration by method: none, jwt, session.
+    pub auth: [Histogram; 3],
+    pub upstream: Histogram,
+}
+
+impl RouteMetrics {
+    /// The auth histogram for a `method` label.
+    pub fn auth_for(&self, method: &str) -> &Histogram {
+        match method {
+            "jwt" => &self.auth[1],
+            "session" => &self.auth[2],
+            _ => &self.auth[0],
+        }
+    }
+}
+
 impl Metrics {
+    /// Resolves one route's handles.
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            allowed: self.requests.with_label_values(&[route, "allowed", "ok"]),
+            auth: [
+                self.auth_duration.with_label_values(&[route, "none"]),
+                self.auth_duration.with_label_values(&[route, "jwt"]),
+                self.auth_duration.with_label_values(&[route, "session"]),
+            ],
+            upstream: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
@@ -62,6 +98,11 @@ impl Metrics {
             "authgate_jwks_refresh_total",
             "JWKS fetches by issuer and result.",
             &["issuer", "result"],
+        )?;
+        let token_cache = counter(
+            "authgate_token_cache_total",
+            "Verified-token cache lookups by result (hit/miss).",
+            &["result"],
         )?;
         let config_reloads = counter(
             "authgate_config_reloads_total",
@@ -105,6 +146,7 @@ impl Metrics {
             jwks_refresh,
             config_reloads,
             revocation_mirror,
+            token_cache,
         })
     }
 

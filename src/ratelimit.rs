@@ -64,7 +64,9 @@ impl KeySpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     All,
-    /// Only requests the upstream answered 401 or 403.
+    /// Only requests the upstream answered 401 or 403. Each attempt is
+    /// charged before it is forwarded and refunded when the answer is not a
+    /// failure, so parallel attempts cannot outrun the budget.
     Failures,
 }
 
@@ -155,12 +157,13 @@ pub fn gcra(cells: &[Cell], tats: &[u64], now: u64) -> (Decision, Vec<Option<u64
     )
 }
 
-/// Consumes one unit from each cell (a failure counted after the fact).
-pub fn gcra_consume(cells: &[Cell], tats: &[u64], now: u64) -> Vec<u64> {
+/// Gives back one unit per cell (a `failures` attempt that did not fail):
+/// the new TAT, or `None` when the budget is full again (drop the key).
+pub fn gcra_refund(cells: &[Cell], tats: &[u64], now: u64) -> Vec<Option<u64>> {
     cells
         .iter()
         .zip(tats)
-        .map(|(c, t)| (*t).max(now) + c.emission_us)
+        .map(|(c, t)| t.checked_sub(c.emission_us).filter(|n| *n > now))
         .collect()
 }
 

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use pingora::utils::tls::WrappedX509;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +77,15 @@ pub struct Route {
     pub limits: Vec<Limit>,
     /// Some limit is keyed on a body field.
     pub limits_need_body: bool,
+    /// Metric handles, resolved on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RouteMetrics>,
+}
+
+impl Route {
+    /// This route's metric handles.
+    pub fn metrics(&self, m: &crate::metrics::Metrics) -> &crate::metrics::RouteMetrics {
+        self.metrics.get_or_init(|| m.for_route(&self.name))
+    }
 }
 
 /// An upstream pool: addresses resolved at load time (never DNS on the
@@ -161,7 +170,20 @@ pub struct Runtime {
     /// Every header named in any route's `headers` map (lower-case):
     /// stripped from every client request.
     pub mapped_headers: Vec<HeaderName>,
+    /// Distinct per build: cached verifications name the runtime they
+    /// were made under.
+    pub generation: u64,
+    pub token_cache: TokenCacheSettings,
 }
+
+/// The compiled `[token_cache]` (sizing is bound at start-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCacheSettings {
+    pub size: usize,
+    pub max_ttl: Duration,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
@@ -282,6 +304,21 @@ impl Runtime {
         });
 
         let store = build_store(&cfg, issues);
+        let token_cache = {
+            let tc = cfg.token_cache.as_ref();
+            let max_ttl = match tc.and_then(|t| t.max_ttl.as_deref()).map(duration) {
+                None => Duration::from_secs(300),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    issues.at("token_cache.max_ttl", e);
+                    Duration::ZERO
+                }
+            };
+            TokenCacheSettings {
+                size: tc.and_then(|t| t.size).unwrap_or(100_000),
+                max_ttl,
+            }
+        };
         let sessions = build_sessions(&cfg, base, &store, issues);
 
         let mut upstream_names = Vec::new();
@@ -347,6 +384,8 @@ impl Runtime {
             admin_token,
             store,
             sessions,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            token_cache,
             router: Router::new(matchers),
             routes,
             upstreams,
@@ -1144,6 +1183,7 @@ fn build_route(
             headers,
             limits,
             limits_need_body,
+            metrics: std::sync::OnceLock::new(),
         },
         Matcher {
             path: r.path.clone(),

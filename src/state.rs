@@ -2,7 +2,7 @@
 //! current runtime (swapped whole on reload, read lock-free), the store, the
 //! session cache and the metrics.
 
-use crate::auth::cache::SessionCache;
+use crate::auth::cache::{SessionCache, TokenCache};
 use crate::auth::jwks::KeySource;
 use crate::metrics::Metrics;
 use crate::revocation::Revocations;
@@ -39,6 +39,8 @@ pub struct State {
     /// Whether the mirror has been read from the store once (readiness).
     pub revocations_synced: AtomicBool,
     reload_lock: Mutex<()>,
+    /// Verified JWTs by token hash.
+    pub token_cache: TokenCache,
     /// The config file path as given on the command line (for reloads).
     pub config_path: String,
 }
@@ -57,6 +59,7 @@ impl State {
                 (r.clone(), Some(r))
             }
         };
+        let runtime_cache = (runtime.token_cache.size, runtime.token_cache.max_ttl);
         let sessions = runtime.sessions.as_ref().map(|s| {
             Arc::new(SessionCache::new(
                 s.cache_size,
@@ -73,6 +76,7 @@ impl State {
             revocations: Revocations::default(),
             revocations_synced: AtomicBool::new(false),
             reload_lock: Mutex::new(()),
+            token_cache: TokenCache::new(runtime_cache.0, runtime_cache.1),
             config_path,
         })
     }
@@ -163,6 +167,7 @@ impl State {
             ("server.threads", s.threads != o.threads),
             ("server.tls", s.tls != o.tls),
             ("server.grace_period", s.grace_period != o.grace_period),
+            ("token_cache", new.token_cache != old.token_cache),
         ] {
             if changed {
                 tracing::warn!(
@@ -190,6 +195,8 @@ impl State {
         }
         let summary = new.summary();
         self.swap(new);
+        // Entries name issuers by index in the old runtime: start afresh.
+        self.token_cache.clear();
         Ok(summary)
     }
 }

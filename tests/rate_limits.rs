@@ -1173,7 +1173,6 @@ fn a_large_body_whose_first_packet_cuts_the_username_is_still_keyed_on_it() {
 /// waited for), so any client can opt out of its username budget by adding the
 /// header. Kept as a repro of that design weakness, not run by default.
 #[test]
-#[ignore = "documented behaviour (docs/config.md: with Expect: 100-continue the IP is used); a per-username limit bypass"]
 fn expect_100_continue_does_not_escape_the_username_budget() {
     let (gw, up) = exhausted_alice();
     let hits = up.hits();
@@ -1300,7 +1299,6 @@ fn keep_alive_connections_carry_limited_requests_with_bodies() {
 /// design weakness (a per-account guessing limit that parallelism multiplies),
 /// not run by default.
 #[test]
-#[ignore = "documented check-then-consume design (docs/config.md); concurrent failures all reach the upstream"]
 fn concurrent_failures_are_bounded_by_the_limit() {
     fn slow_401(_req: &RecordedRequest) -> u16 {
         // Keeps every attempt in flight while the others are checked.

@@ -107,6 +107,79 @@ impl SessionCache {
     }
 }
 
+/// A verified token, as cached.
+pub struct CachedToken {
+    pub identity: Arc<Identity>,
+    /// The runtime it was verified under (a reload starts afresh).
+    pub generation: u64,
+    /// The issuer (index into the runtime's issuers) that verified it.
+    pub issuer: usize,
+    /// The key set that verified it: a JWKS refresh that replaces the set
+    /// sends the token through verification again.
+    pub keys: Arc<crate::auth::keys::KeySet>,
+    /// Unix seconds from which it no longer passes (`exp` + leeway).
+    pub expires_at: i64,
+    /// Monotonic bound from `token_cache.max_ttl`.
+    pub valid_until: Instant,
+}
+
+/// Tokens that passed signature and claim checks, by the SHA-256 of the
+/// whole token (a weaker key would let a collision authenticate). A hit
+/// still goes through revocation and `require` on every request.
+pub struct TokenCache {
+    map: Option<Cache<[u8; 32], Arc<CachedToken>>>,
+    pub max_ttl: Duration,
+}
+
+impl TokenCache {
+    /// `capacity` 0 disables the cache.
+    pub fn new(capacity: usize, max_ttl: Duration) -> TokenCache {
+        TokenCache {
+            map: (capacity > 0).then(|| Cache::new(capacity)),
+            max_ttl,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// The cache key of a token.
+    pub fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<CachedToken>> {
+        let map = self.map.as_ref()?;
+        let e = map.get(key)?;
+        if Instant::now() >= e.valid_until {
+            map.remove(key);
+            return None;
+        }
+        Some(e)
+    }
+
+    pub fn insert(&self, key: [u8; 32], entry: Arc<CachedToken>) {
+        if let Some(map) = &self.map {
+            map.insert(key, entry);
+        }
+    }
+
+    pub fn remove(&self, key: &[u8; 32]) {
+        if let Some(map) = &self.map {
+            map.remove(key);
+        }
+    }
+
+    /// Forgets everything (config reloads).
+    pub fn clear(&self) {
+        if let Some(map) = &self.map {
+            map.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,24 +49,12 @@ pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Arc<Identity>, Reason> {
-    let jwt = |id: Result<Identity, Reason>| {
-        let id = id?;
-        // Checked on every request (and, later, on every cache hit): a local
-        // lookup, never the network.
-        if state.revocations.is_revoked(&id) {
-            return Err(Reason::Revoked);
-        }
-        Ok(Arc::new(id))
-    };
     match route.auth {
         AuthMode::None => Err(Reason::Ok),
-        AuthMode::Jwt => {
-            let token = bearer(headers)?;
-            jwt(verify_with_refetch(state, rt, route, token).await)
-        }
+        AuthMode::Jwt => by_jwt(state, rt, route, bearer(headers)?).await,
         AuthMode::Session => by_session(state, rt, headers).await,
         AuthMode::JwtOrSession => match bearer(headers) {
-            Ok(token) => jwt(verify_with_refetch(state, rt, route, token).await),
+            Ok(token) => by_jwt(state, rt, route, token).await,
             Err(Reason::MissingCredentials) => by_session(state, rt, headers).await,
             Err(e) => Err(e),
         },
@@ -80,7 +68,7 @@ async fn verify_with_refetch(
     rt: &Runtime,
     route: &Route,
     token: &str,
-) -> Result<Identity, Reason> {
+) -> Result<Verified, Reason> {
     match verify_token(rt, route, token, jwt::now_unix()) {
         Err(Reason::UnknownKey) => {
             let Some(remote) = remote_issuer_of(rt, route, token) else {
@@ -149,7 +137,7 @@ pub fn verify_token(
     route: &Route,
     token: &str,
     now: i64,
-) -> Result<Identity, Reason> {
+) -> Result<Verified, Reason> {
     let jws = jwt::parse(token)?;
     match jws.alg {
         Some(a) if route.algs.contains(a) => {}
@@ -157,11 +145,11 @@ pub fn verify_token(
     }
     let claims = jwt::claims_of(&jws.payload()?)?;
     let iss = claims.get("iss").and_then(|v| v.as_str());
-    let issuer = route
+    let (issuer_idx, issuer) = route
         .issuers
         .iter()
-        .filter_map(|i| rt.issuers.get(*i))
-        .find(|i| Some(i.issuer.as_str()) == iss)
+        .filter_map(|i| rt.issuers.get(*i).map(|x| (*i, x)))
+        .find(|(_, i)| Some(i.issuer.as_str()) == iss)
         .ok_or(Reason::WrongIssuer)?;
     let keys = issuer.keys.current()?;
     jws.verify(&keys, issuer.algs)?;
@@ -171,7 +159,86 @@ pub fn verify_token(
         leeway: issuer.leeway,
     };
     jwt::check_claims(&claims, &rules, now)?;
-    Ok(Identity::from_jwt(issuer.name.clone(), claims))
+    let exp = claims
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        .unwrap_or(now);
+    Ok(Verified {
+        identity: Identity::from_jwt(issuer.name.clone(), claims),
+        issuer: issuer_idx,
+        keys,
+        expires_at: exp.saturating_add(issuer.leeway),
+    })
+}
+
+/// A token that passed every signature and claim check.
+pub struct Verified {
+    pub identity: Identity,
+    /// Index of the issuer (in the runtime) that verified it.
+    pub issuer: usize,
+    pub keys: Arc<keys::KeySet>,
+    /// Unix seconds from which it is expired (`exp` + leeway).
+    pub expires_at: i64,
+}
+
+/// JWT authentication with the verified-token cache: a hit skips the
+/// signature and claim checks (not revocation); a miss verifies and caches.
+async fn by_jwt(
+    state: &State,
+    rt: &Runtime,
+    route: &Route,
+    token: &str,
+) -> Result<Arc<Identity>, Reason> {
+    let now = jwt::now_unix();
+    let cache = &state.token_cache;
+    let key = cache.enabled().then(|| cache::TokenCache::key(token));
+    let hit = key.as_ref().and_then(|k| cache.get(k)).filter(|e| {
+        e.generation == rt.generation
+            && route.issuers.contains(&e.issuer)
+            && rt
+                .issuers
+                .get(e.issuer)
+                .and_then(|i| i.keys.current().ok())
+                .is_some_and(|k| Arc::ptr_eq(&k, &e.keys))
+    });
+    let identity = match hit {
+        Some(e) if now < e.expires_at => {
+            state.metrics.token_cache.with_label_values(&["hit"]).inc();
+            e.identity.clone()
+        }
+        Some(_) => {
+            if let Some(k) = &key {
+                cache.remove(k);
+            }
+            return Err(Reason::Expired);
+        }
+        None => {
+            if key.is_some() {
+                state.metrics.token_cache.with_label_values(&["miss"]).inc();
+            }
+            let v = verify_with_refetch(state, rt, route, token).await?;
+            let identity = Arc::new(v.identity);
+            if let Some(k) = key {
+                cache.insert(
+                    k,
+                    Arc::new(cache::CachedToken {
+                        identity: identity.clone(),
+                        generation: rt.generation,
+                        issuer: v.issuer,
+                        keys: v.keys,
+                        expires_at: v.expires_at,
+                        valid_until: std::time::Instant::now() + cache.max_ttl,
+                    }),
+                );
+            }
+            identity
+        }
+    };
+    // Checked on every request, cache hit or not: a local lookup.
+    if state.revocations.is_revoked(&identity) {
+        return Err(Reason::Revoked);
+    }
+    Ok(identity)
 }
 
 /// The route's `require`: every listed role, then every listed scope.

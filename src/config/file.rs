@@ -19,8 +19,18 @@ pub struct FileConfig {
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerFile>,
     pub sessions: Option<SessionsFile>,
+    pub token_cache: Option<TokenCacheFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+/// `[token_cache]`: verified JWTs, by token hash.
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenCacheFile {
+    /// Most tokens held; 0 turns the cache off.
+    pub size: Option<usize>,
+    /// Longest a token is served from the cache (it never outlives its exp).
+    pub max_ttl: Option<String>,
 }
 
 /// `[sessions]`: express-session + connect-redis compatible cookies.

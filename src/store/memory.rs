@@ -3,7 +3,7 @@
 //! `check` error and these calls are never reached for sessions.
 
 use super::{now_us, SessionRecord, Store, StoreError};
-use crate::ratelimit::{gcra, gcra_consume, Cell, Decision};
+use crate::ratelimit::{gcra, gcra_refund, Cell, Decision};
 use crate::revocation::Revocation;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -70,7 +70,7 @@ impl Store for MemoryStore {
         Ok(decision)
     }
 
-    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError> {
+    async fn rate_refund(&self, cells: &[Cell]) -> Result<(), StoreError> {
         let now = now_us();
         let mut map = self
             .tats
@@ -80,8 +80,11 @@ impl Store for MemoryStore {
             .iter()
             .map(|c| map.get(&c.key).copied().unwrap_or(0))
             .collect();
-        for (c, t) in cells.iter().zip(gcra_consume(cells, &tats, now)) {
-            map.insert(c.key.clone(), t);
+        for (c, t) in cells.iter().zip(gcra_refund(cells, &tats, now)) {
+            match t {
+                Some(t) => map.insert(c.key.clone(), t),
+                None => map.remove(&c.key),
+            };
         }
         Ok(())
     }

@@ -46,8 +46,8 @@ pub trait Store: Send + Sync {
     /// Checks every rate-limit cell of a request and, if all pass, consumes
     /// the consuming ones: one atomic step.
     async fn rate_check(&self, cells: &[Cell]) -> Result<Decision, StoreError>;
-    /// Consumes one unit from each cell (failures counted after the response).
-    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError>;
+    /// Gives back one unit per cell (a `failures` attempt that succeeded).
+    async fn rate_refund(&self, cells: &[Cell]) -> Result<(), StoreError>;
 }
 
 /// Microseconds since the Unix epoch (the memory limiter's clock; Redis

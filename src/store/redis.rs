@@ -338,8 +338,8 @@ impl Store for RedisStore {
         })
     }
 
-    async fn rate_consume(&self, cells: &[Cell]) -> Result<(), StoreError> {
-        let mut inv = RATE_CONSUME.prepare_invoke();
+    async fn rate_refund(&self, cells: &[Cell]) -> Result<(), StoreError> {
+        let mut inv = RATE_REFUND.prepare_invoke();
         for c in cells {
             inv.key(&c.key);
         }
@@ -391,17 +391,20 @@ return out
     )
 });
 
-/// Consumes one unit per cell (a failure seen in the response).
-static RATE_CONSUME: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+/// Gives back one unit per cell (a `failures` attempt that did not fail).
+static RATE_REFUND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[i])
-  redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1)
+  local new = tat - tonumber(ARGV[i])
+  if new <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1)
+  end
 end
 return 1
 "#,

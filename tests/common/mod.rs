@@ -9,6 +9,8 @@
 
 /// Login-style upstream (401 on a wrong password) and a raw client: see `login.rs`.
 pub mod login;
+/// Live-operations helpers (JWKS server, signals, reload, TLS, slow upstream): see `ops.rs`.
+pub mod ops;
 
 use std::collections::BTreeMap;
 use std::fs;
