@@ -53,6 +53,23 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// The assertion keys' JWKS, public, on the proxy listener.
+    async fn serve_jwks(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<bool> {
+        ctx.reason = Reason::Ok;
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("Content-Type", "application/json")?;
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        resp.insert_header("Cache-Control", "public, max-age=300")?;
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
     /// Gives back `failures` charges for an attempt that did not fail.
     async fn refund(&self, cells: &[Cell]) {
         if let Err(e) = self.state.store.rate_refund(cells).await {
@@ -398,6 +415,13 @@ impl ProxyHttp for Gateway {
             }
         };
 
+        if let Some(a) = &rt.assertion {
+            if req.uri.path() == a.jwks_path
+                && (req.method == http::Method::GET || req.method == http::Method::HEAD)
+            {
+                return self.serve_jwks(session, ctx, a.jwks.clone()).await;
+            }
+        }
         let path = match router::normalize(req.uri.path()) {
             Ok(p) => p,
             Err(_) => return self.deny(session, ctx, Reason::BadRequest).await,
@@ -613,12 +637,25 @@ impl ProxyHttp for Gateway {
                 header_safe(&id.scopes.join(",")).into_owned(),
             )?;
         }
-        if let Some(route) = ctx
+        if let Some((rt, route)) = ctx
             .rt
             .as_ref()
             .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r))
+            .and_then(|(rt, r)| rt.routes.get(r).map(|route| (rt, route)))
         {
+            if route.assertion {
+                if let Some(a) = &rt.assertion {
+                    match a.sign(id, &route.name, auth::jwt::now_unix()) {
+                        Some(jwt) => upstream_request.insert_header("X-Auth-Assertion", jwt)?,
+                        None => {
+                            return Err(Error::explain(
+                                ErrorType::InternalError,
+                                "cannot sign the identity assertion",
+                            ))
+                        }
+                    }
+                }
+            }
             for (name, claim) in &route.headers {
                 if let Some(v) = id.claim_value(claim) {
                     upstream_request.insert_header(name.clone(), header_safe(&v).into_owned())?;

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod assertion;
 pub mod auth;
 pub mod config;
 pub mod denial;

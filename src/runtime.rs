@@ -3,6 +3,7 @@
 //! then shared immutably (and swapped whole on reload), so a request sees one
 //! consistent config from start to end.
 
+use crate::assertion::{AssertionSettings, SigningKey};
 use crate::auth::jwks::{JwksTiming, KeySource, RemoteKeys};
 use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
 use crate::auth::session::{normalize_allowed, SessionSettings};
@@ -73,6 +74,8 @@ pub struct Route {
     pub login_redirect: Option<String>,
     /// Extra claim -> header mappings.
     pub headers: Vec<(HeaderName, String)>,
+    /// Add `X-Auth-Assertion`.
+    pub assertion: bool,
     /// Rate limits; all must pass.
     pub limits: Vec<Limit>,
     /// Some limit is keyed on a body field.
@@ -174,6 +177,7 @@ pub struct Runtime {
     /// were made under.
     pub generation: u64,
     pub token_cache: TokenCacheSettings,
+    pub assertion: Option<Arc<AssertionSettings>>,
 }
 
 /// The compiled `[token_cache]` (sizing is bound at start-up).
@@ -304,6 +308,7 @@ impl Runtime {
         });
 
         let store = build_store(&cfg, issues);
+        let assertion = build_assertion(&cfg, base, issues);
         let token_cache = {
             let tc = cfg.token_cache.as_ref();
             let max_ttl = match tc.and_then(|t| t.max_ttl.as_deref()).map(duration) {
@@ -385,6 +390,7 @@ impl Runtime {
             store,
             sessions,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            assertion,
             token_cache,
             router: Router::new(matchers),
             routes,
@@ -410,6 +416,103 @@ impl Runtime {
             self.server.admin_listen
         )
     }
+}
+
+fn build_assertion(
+    cfg: &FileConfig,
+    base: &Path,
+    issues: &mut Issues,
+) -> Option<Arc<AssertionSettings>> {
+    let a = cfg.assertion.as_ref()?;
+    let before = issues.0.len();
+    let algorithm = match a.algorithm.as_deref() {
+        Some("ES256") => Algorithm::ES256,
+        Some("EdDSA") => Algorithm::EdDSA,
+        Some(other) => {
+            issues.at(
+                "assertion.algorithm",
+                format!("unsupported algorithm `{other}` (expected \"ES256\" or \"EdDSA\")"),
+            );
+            Algorithm::ES256
+        }
+        None => {
+            issues.at("assertion", "missing `algorithm` (\"ES256\" or \"EdDSA\")");
+            Algorithm::ES256
+        }
+    };
+    let load = |issues: &mut Issues, path: &str, file: &str| -> Option<SigningKey> {
+        match std::fs::read(resolve(base, file)) {
+            Ok(pem) => match SigningKey::from_pem(&pem, algorithm) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    issues.at(path, format!("`{file}`: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                issues.at(path, format!("cannot read `{file}`: {e}"));
+                None
+            }
+        }
+    };
+    let current = match &a.key_file {
+        Some(f) => load(issues, "assertion.key_file", f),
+        None => {
+            issues.at(
+                "assertion",
+                "missing `key_file` (the gateway's private key, PEM)",
+            );
+            None
+        }
+    };
+    let previous: Vec<SigningKey> = a
+        .previous_key_files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| load(issues, &format!("assertion.previous_key_files.{i}"), f))
+        .collect();
+    let issuer = a.issuer.clone().unwrap_or_default();
+    if issuer.is_empty() {
+        issues.at("assertion", "missing `issuer` (the assertion's iss)");
+    }
+    let audience = a.audience.clone().unwrap_or_default();
+    if audience.is_empty() {
+        issues.at("assertion", "missing `audience` (the assertion's aud)");
+    }
+    let ttl = match a.ttl.as_deref().map(duration) {
+        None => Duration::from_secs(60),
+        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
+        Some(Ok(_)) => {
+            issues.at("assertion.ttl", "ttl must be at least 1s");
+            Duration::from_secs(60)
+        }
+        Some(Err(e)) => {
+            issues.at("assertion.ttl", e);
+            Duration::from_secs(60)
+        }
+    };
+    let jwks_path = a
+        .jwks_path
+        .clone()
+        .unwrap_or_else(|| "/.well-known/authgate/jwks.json".into());
+    if !jwks_path.starts_with('/') {
+        issues.at("assertion.jwks_path", "paths start with `/`");
+    }
+    let current = current?;
+    if issues.0.len() > before {
+        return None;
+    }
+    let jwks = AssertionSettings::render_jwks(&current, &previous);
+    Some(Arc::new(AssertionSettings {
+        algorithm,
+        current,
+        previous,
+        issuer,
+        audience,
+        ttl_secs: ttl.as_secs() as i64,
+        jwks_path,
+        jwks,
+    }))
 }
 
 fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
@@ -1079,10 +1182,16 @@ fn build_route(
             ),
         }
     }
-    if r.assertion {
+    if r.assertion && cfg.assertion.is_none() {
         issues.at(
             at("assertion"),
-            "identity assertions need [assertion], which this build does not support yet",
+            "assertion = true needs an [assertion] section (the gateway's signing key)",
+        );
+    }
+    if r.assertion && auth == AuthMode::None {
+        issues.at(
+            at("assertion"),
+            "an auth = \"none\" route has no identity to assert",
         );
     }
     let mut limits = Vec::new();
@@ -1184,6 +1293,7 @@ fn build_route(
             limits,
             limits_need_body,
             metrics: std::sync::OnceLock::new(),
+            assertion: r.assertion,
         },
         Matcher {
             path: r.path.clone(),

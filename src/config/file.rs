@@ -20,8 +20,22 @@ pub struct FileConfig {
     pub issuers: BTreeMap<String, IssuerFile>,
     pub sessions: Option<SessionsFile>,
     pub token_cache: Option<TokenCacheFile>,
+    pub assertion: Option<AssertionFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+/// `[assertion]`: the gateway-signed identity JWT for backends.
+#[derive(Debug, Default, Deserialize)]
+pub struct AssertionFile {
+    pub algorithm: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub previous_key_files: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub ttl: Option<String>,
+    pub jwks_path: Option<String>,
 }
 
 /// `[token_cache]`: verified JWTs, by token hash.
