@@ -8,7 +8,7 @@
 //!    on loopback).
 //! 2. **Throughput.** A JWT route on an instance whose mirror holds 0 revoked
 //!    `jti`s against the same on an instance that loaded 100,000 at start
-//!    (written straight into the `authgate:revoked:jti` ZSET, then the
+//!    (written straight into the `authgate:{revoked}:jti` ZSET, then the
 //!    instance started; the `authgate_revocation_mirror_entries{kind="jti"}`
 //!    gauge is checked). The two instances use different Redis databases of
 //!    the same server, so the empty one never loads the 100,000 on a periodic
@@ -46,7 +46,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 const HS_SECRET: &str = "bench-hs-secret-0123456789abcdef0123456789abcdef";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
-const REVOKED_JTIS: &str = "authgate:revoked:jti";
+const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
 const CHANNEL: &str = "authgate:revocations";
 const MIRROR_JTI: &str = "authgate_revocation_mirror_entries{kind=\"jti\"}";
 /// Revoked jtis loaded by the second throughput instance.
@@ -255,7 +255,7 @@ fn throughput(
             .expect("SELECT");
         redis::cmd("DEL")
             .arg(REVOKED_JTIS)
-            .arg("authgate:revoked:sub")
+            .arg("authgate:{revoked}:sub")
             .query::<()>(con)
             .expect("DEL");
     }

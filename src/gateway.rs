@@ -333,6 +333,9 @@ async fn read_prefix(
     Ok((out, Some(Bytes::from(saved))))
 }
 
+/// How long an idle client connection is kept open between requests.
+const IDLE_KEEPALIVE_SECS: u64 = 60;
+
 /// pingora's request-body retry buffer (see `read_prefix`).
 const RETRY_BUFFER: u64 = 64 * 1024;
 /// Longest wait for a limited route's body prefix.
@@ -388,6 +391,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // pingora keeps idle HTTP/1.1 connections forever by default
+        // (pingora#447): bound them.
+        session.set_keepalive(Some(IDLE_KEEPALIVE_SECS));
         let rt = self.state.runtime();
         ctx.rt = Some(rt.clone());
         let peer = session

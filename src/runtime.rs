@@ -141,7 +141,18 @@ pub struct Issuer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
+    /// Redis Cluster, by seed nodes.
+    Cluster {
+        urls: Vec<String>,
+    },
+    /// The master Sentinel names, followed across failovers.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 /// What a store failure means for checks that restrict (rate limits):
@@ -538,10 +549,39 @@ fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
             },
             None => issues.at("store", "store.kind = \"redis\" needs `url` (e.g. \"redis://127.0.0.1:6379/0\")"),
         },
-        "redis_cluster" | "redis_sentinel" => issues.at(
-            "store.kind",
-            "this build supports the `memory` and `redis` stores so far",
-        ),
+        "redis_cluster" => match &store.urls {
+            Some(urls) if !urls.is_empty() => {
+                let mut ok = true;
+                for (i, u) in urls.iter().enumerate() {
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        issues.at(format!("store.urls.{i}"), format!("invalid Redis URL: {e}"));
+                        ok = false;
+                    }
+                }
+                if ok {
+                    out.kind = StoreKind::Cluster { urls: urls.clone() };
+                }
+            }
+            _ => issues.at("store", "kind = \"redis_cluster\" needs `urls` (seed nodes, e.g. [\"redis://10.0.0.1:7000\"])"),
+        },
+        "redis_sentinel" => match (&store.sentinels, &store.master) {
+            (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() => {
+                let mut ok = true;
+                for (i, u) in s.iter().enumerate() {
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        issues.at(format!("store.sentinels.{i}"), format!("invalid sentinel URL: {e}"));
+                        ok = false;
+                    }
+                }
+                if ok {
+                    out.kind = StoreKind::Sentinel {
+                        sentinels: s.clone(),
+                        master: m.clone(),
+                    };
+                }
+            }
+            _ => issues.at("store", "kind = \"redis_sentinel\" needs `sentinels` (e.g. [\"redis://10.0.0.1:26379\"]) and `master` (the monitored master's name)"),
+        },
         other => issues.at(
             "store.kind",
             format!("unknown store kind `{other}` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")"),
@@ -584,10 +624,12 @@ fn build_sessions(
     let s = cfg.sessions.as_ref()?;
     let before = issues.0.len();
     if store.kind == StoreKind::Memory
-        && cfg
-            .store
-            .as_ref()
-            .is_none_or(|st| st.kind.as_deref() != Some("redis"))
+        && cfg.store.as_ref().is_none_or(|st| {
+            !matches!(
+                st.kind.as_deref(),
+                Some("redis" | "redis_cluster" | "redis_sentinel")
+            )
+        })
     {
         issues.at(
             "sessions",

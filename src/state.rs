@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::runtime::{Runtime, StoreKind};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, Topology};
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicBool;
@@ -56,6 +56,17 @@ impl State {
             StoreKind::Memory => (Arc::new(MemoryStore::default()), None),
             StoreKind::Redis { url } => {
                 let r = Arc::new(RedisStore::new(url)?);
+                (r.clone(), Some(r))
+            }
+            StoreKind::Cluster { urls } => {
+                let r = Arc::new(RedisStore::with_topology(Topology::Cluster(urls.clone()))?);
+                (r.clone(), Some(r))
+            }
+            StoreKind::Sentinel { sentinels, master } => {
+                let r = Arc::new(RedisStore::with_topology(Topology::Sentinel {
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                })?);
                 (r.clone(), Some(r))
             }
         };

@@ -30,8 +30,8 @@ const HS2_SECRET: &str = "test-hs2-secret-fedcba9876543210fedcba9876543210";
 const SESSION_SECRET: &str = "revocation-session-secret-0123456789";
 /// The revocation channel of database 0 (channels are per database).
 const CHANNEL: &str = "authgate:revocations:0";
-const REVOKED_JTIS: &str = "authgate:revoked:jti";
-const REVOKED_SUBS: &str = "authgate:revoked:sub";
+const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
+const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
 const REVOCATIONS: &str = "authgate_revocations_total";
 const MIRROR: &str = "authgate_revocation_mirror_entries";
 /// The contract's bound for a revocation to reach another instance.

@@ -12,10 +12,10 @@ use crate::revocation::{parse_sub_field, sub_field, Revocation};
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::OnceCell;
 
 /// Per-command timeout: a paused or unreachable Redis costs a request at
 /// most this long before the route's `on_error` decides.
@@ -24,25 +24,113 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Sorted set of revoked jtis, scored by `exp` (trimmed on every write, so
-/// entries vanish at their `exp` without a sweeper).
-pub const REVOKED_JTIS: &str = "authgate:revoked:jti";
+/// entries vanish at their `exp` without a sweeper). The `{revoked}` hash
+/// tag keeps both revocation keys in one cluster slot (one atomic write).
+pub const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
 /// Hash of subject cutoffs: field `<issuer or *>\n<sub>`, value unix seconds.
-pub const REVOKED_SUBS: &str = "authgate:revoked:sub";
+pub const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
 /// The pub/sub channel revocations are announced on (JSON [`Revocation`]),
 /// followed by `:<db>`: pub/sub is server-wide, databases are not.
 pub const REVOCATION_CHANNEL: &str = "authgate:revocations";
 
+/// Where the Redis store lives: one node, a cluster (seed nodes), or the
+/// master that Sentinel names (followed across failovers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    Single(String),
+    Cluster(Vec<String>),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+/// A command connection of any topology (all auto-reconnecting).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A Redis-backed store.
 pub struct RedisStore {
-    client: Client,
-    url: String,
-    conn: OnceCell<ConnectionManager>,
+    topology: Topology,
+    /// The command connection; cleared to re-resolve Sentinel's master.
+    conn: arc_swap::ArcSwapOption<Conn>,
+    connect_lock: tokio::sync::Mutex<()>,
     /// The tracking connection while it is up: rolling touches go over it,
     /// and with `NOLOOP` its own writes do not evict the session it just
     /// refreshed from every cache.
     touch_conn: std::sync::Mutex<Option<MultiplexedConnection>>,
     /// This database's revocation channel.
     pub channel: String,
+}
+
+/// A RESP3 connection to `url` whose pushes go to `tx`.
+async fn connect_push(
+    url: &str,
+    tx: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+) -> Result<MultiplexedConnection, StoreError> {
+    let client = Client::open(with_resp3(url)).map_err(unavailable)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_push_sender(tx);
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(unavailable)
+}
+
+/// Asks one sentinel for the master's address, as a redis:// URL.
+async fn ask_sentinel(sentinel: &str, master: &str) -> Result<String, StoreError> {
+    let client = Client::open(sentinel).map_err(unavailable)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(unavailable)?;
+    let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master)
+        .query_async(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    let (host, port) = addr
+        .ok_or_else(|| StoreError::Unavailable(format!("sentinel knows no master `{master}`")))?;
+    Ok(if host.contains(':') {
+        format!("redis://[{host}]:{port}/0")
+    } else {
+        format!("redis://{host}:{port}/0")
+    })
 }
 
 /// The database number of a redis:// URL (`/N` path), 0 by default.
@@ -57,34 +145,169 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn with_resp3(url: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
 impl RedisStore {
-    /// Validates the URL; connects on first use.
+    /// A single-node store; connects on first use.
     pub fn new(url: &str) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
+        Self::with_topology(Topology::Single(url.to_string()))
+    }
+
+    /// A store of any topology; validates URLs, connects on first use.
+    pub fn with_topology(topology: Topology) -> Result<RedisStore, StoreError> {
+        let db = match &topology {
+            Topology::Single(url) => {
+                Client::open(url.as_str()).map_err(unavailable)?;
+                db_of(url)
+            }
+            Topology::Cluster(urls) => {
+                for u in urls {
+                    Client::open(u.as_str()).map_err(unavailable)?;
+                }
+                0
+            }
+            Topology::Sentinel { sentinels, .. } => {
+                for u in sentinels {
+                    Client::open(u.as_str()).map_err(unavailable)?;
+                }
+                0
+            }
+        };
         Ok(RedisStore {
-            client,
-            url: url.to_string(),
-            conn: OnceCell::new(),
+            topology,
+            conn: arc_swap::ArcSwapOption::empty(),
+            connect_lock: tokio::sync::Mutex::new(()),
             touch_conn: std::sync::Mutex::new(None),
-            channel: format!("{REVOCATION_CHANNEL}:{}", db_of(url)),
+            channel: format!("{REVOCATION_CHANNEL}:{db}"),
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        self.conn
-            .get_or_try_init(|| async {
-                self.client
-                    .get_connection_manager_with_config(cfg)
-                    .await
-                    .map_err(unavailable)
-            })
+    /// The URL of the node that takes writes now: the single node, the
+    /// master Sentinel names, or (cluster) the first seed that answers.
+    pub async fn primary_url(&self) -> Result<String, StoreError> {
+        match &self.topology {
+            Topology::Single(url) => Ok(url.clone()),
+            Topology::Cluster(urls) => urls
+                .first()
+                .cloned()
+                .ok_or_else(|| StoreError::Unavailable("no cluster seed".into())),
+            Topology::Sentinel { sentinels, master } => {
+                let mut last = String::from("no sentinel configured");
+                for s in sentinels {
+                    match ask_sentinel(s, master).await {
+                        Ok(url) => return Ok(url),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(StoreError::Unavailable(format!(
+                    "no sentinel named master `{master}`: {last}"
+                )))
+            }
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let _one = self.connect_lock.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let c = match &self.topology {
+            Topology::Cluster(urls) => {
+                let client = redis::cluster::ClusterClient::builder(urls.clone())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(2)
+                    .build()
+                    .map_err(unavailable)?;
+                Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
+            _ => {
+                let url = self.primary_url().await?;
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let client = Client::open(url.as_str()).map_err(unavailable)?;
+                Conn::Single(
+                    client
+                        .get_connection_manager_with_config(cfg)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+        };
+        self.conn.store(Some(std::sync::Arc::new(c.clone())));
+        Ok(c)
+    }
+
+    /// A command failed: with Sentinel, the master may have moved (a dead
+    /// node, or a demoted one answering READONLY), so ask again next time.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        if matches!(self.topology, Topology::Sentinel { .. }) {
+            self.conn.store(None);
+        }
+        unavailable(e)
+    }
+
+    /// A new RESP3 connection to `url` whose push messages (invalidations,
+    /// pub/sub messages, disconnection) arrive on the returned channel.
+    pub async fn push_connection_to(
+        url: &str,
+    ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok((connect_push(url, tx).await?, rx))
+    }
+
+    /// A push connection to the primary (any node of a cluster: pub/sub
+    /// messages reach every node).
+    pub async fn push_connection(
+        &self,
+    ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), StoreError> {
+        match &self.topology {
+            Topology::Cluster(urls) => {
+                let mut last = StoreError::Unavailable("no cluster seed".into());
+                for u in urls {
+                    match Self::push_connection_to(u).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+            _ => Self::push_connection_to(&self.primary_url().await?).await,
+        }
+    }
+
+    /// The masters of a cluster, as redis:// URLs (each tracks its keys).
+    async fn cluster_masters(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
             .await
-            .cloned()
+            .map_err(unavailable)?;
+        let mut masters: Vec<String> = nodes
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let addr = f.get(1)?.split('@').next()?;
+                let flags = f.get(2)?;
+                (flags.split(',').any(|x| x == "master") && !flags.contains("fail"))
+                    .then(|| format!("redis://{addr}"))
+            })
+            .collect();
+        masters.sort();
+        Ok(masters)
     }
 
     /// Keeps a tracking connection open until `shutdown`: every key under
@@ -122,29 +345,6 @@ impl RedisStore {
         }
     }
 
-    /// A new RESP3 connection whose push messages (invalidations, pub/sub
-    /// messages, disconnection) arrive on the returned channel.
-    pub async fn push_connection(
-        &self,
-    ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), StoreError> {
-        let url = if self.url.contains('?') {
-            format!("{}&protocol=resp3", self.url)
-        } else {
-            format!("{}?protocol=resp3", self.url)
-        };
-        let client = Client::open(url).map_err(unavailable)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(tx);
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(unavailable)?;
-        Ok((conn, rx))
-    }
-
     async fn track_once(
         &self,
         prefix: &str,
@@ -152,20 +352,36 @@ impl RedisStore {
         tracking: &(dyn Fn(bool) + Send + Sync),
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
-        let (mut conn, mut rx) = self.push_connection().await?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(prefix)
-            .arg("NOLOOP")
-            .exec_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if let Ok(mut slot) = self.touch_conn.lock() {
-            *slot = Some(conn.clone());
+        // Each node tracks only its own keys: one connection per master,
+        // all pushing into one channel.
+        let urls = match &self.topology {
+            Topology::Cluster(_) => self.cluster_masters().await?,
+            _ => vec![self.primary_url().await?],
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conns = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let mut conn = connect_push(url, tx.clone()).await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("BCAST")
+                .arg("PREFIX")
+                .arg(prefix)
+                .arg("NOLOOP")
+                .exec_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            conns.push(conn);
         }
+        drop(tx);
+        if !matches!(self.topology, Topology::Cluster(_)) {
+            if let (Ok(mut slot), Some(c)) = (self.touch_conn.lock(), conns.first()) {
+                *slot = Some(c.clone());
+            }
+        }
+        let mut topology_check = tokio::time::interval(Duration::from_secs(5));
+        topology_check.tick().await;
         tracking(true);
         tracing::info!(prefix, "session invalidation tracking on");
         let mut ping = tokio::time::interval(Duration::from_millis(500));
@@ -174,7 +390,14 @@ impl RedisStore {
                 _ = shutdown.changed() => return Ok(()),
                 _ = ping.tick() => {
                     // A silent network partition shows up here, not as a push.
-                    redis::cmd("PING").exec_async(&mut conn).await.map_err(unavailable)?;
+                    for conn in conns.iter_mut() {
+                        redis::cmd("PING").exec_async(conn).await.map_err(unavailable)?;
+                    }
+                }
+                _ = topology_check.tick(), if matches!(self.topology, Topology::Cluster(_)) => {
+                    if self.cluster_masters().await? != urls {
+                        return Err(StoreError::Unavailable("cluster masters changed".into()));
+                    }
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return Err(StoreError::Unavailable("push channel closed".into())) };
@@ -213,7 +436,7 @@ impl Store for RedisStore {
             .pttl(key)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(json.map(|json| SessionRecord {
             json,
             ttl_ms: u64::try_from(pttl).ok(),
@@ -225,10 +448,10 @@ impl Store for RedisStore {
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(ttl_ms);
         match tracking_conn {
-            Some(mut c) => cmd.exec_async(&mut c).await.map_err(unavailable),
+            Some(mut c) => cmd.exec_async(&mut c).await.map_err(|e| self.failed(e)),
             None => {
                 let mut conn = self.conn().await?;
-                cmd.exec_async(&mut conn).await.map_err(unavailable)
+                cmd.exec_async(&mut conn).await.map_err(|e| self.failed(e))
             }
         }
     }
@@ -238,7 +461,7 @@ impl Store for RedisStore {
         redis::cmd("PING")
             .exec_async(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn revoke(&self, r: &Revocation, session_key: Option<&str>) -> Result<(), StoreError> {
@@ -267,7 +490,7 @@ impl Store for RedisStore {
         }
         pipe.publish(&self.channel, msg).ignore();
         let mut conn = self.conn().await?;
-        pipe.exec_async(&mut conn).await.map_err(unavailable)
+        pipe.exec_async(&mut conn).await.map_err(|e| self.failed(e))
     }
 
     async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
@@ -281,7 +504,7 @@ impl Store for RedisStore {
             .hgetall(REVOKED_SUBS)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         let mut out = Vec::with_capacity(jtis.len() + subs.len());
         // One unreadable entry (written by hand, or by another tool) must
         // not stop the rest from loading: skip it, loudly.
@@ -322,7 +545,10 @@ impl Store for RedisStore {
                 .arg(u8::from(c.consume));
         }
         let mut conn = self.conn().await?;
-        let out: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let out: Vec<u64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         let (allowed, retry) = match (out.first(), out.get(1)) {
             (Some(a), Some(r)) => (*a == 1, *r),
             _ => {
@@ -347,7 +573,9 @@ impl Store for RedisStore {
             inv.arg(c.emission_us);
         }
         let mut conn = self.conn().await?;
-        inv.invoke_async::<()>(&mut conn).await.map_err(unavailable)
+        inv.invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))
     }
 }
 
