@@ -47,7 +47,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 const HS_SECRET: &str = "bench-hs-secret-0123456789abcdef0123456789abcdef";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
-const CHANNEL: &str = "authgate:revocations";
+const CHANNEL: &str = "authgate:{revoked}:events:0";
 const MIRROR_JTI: &str = "authgate_revocation_mirror_entries{kind=\"jti\"}";
 /// Revoked jtis loaded by the second throughput instance.
 const BULK: usize = 100_000;

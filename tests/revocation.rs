@@ -29,7 +29,7 @@ const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef-revocation";
 const HS2_SECRET: &str = "test-hs2-secret-fedcba9876543210fedcba9876543210";
 const SESSION_SECRET: &str = "revocation-session-secret-0123456789";
 /// The revocation channel of database 0 (channels are per database).
-const CHANNEL: &str = "authgate:revocations:0";
+const CHANNEL: &str = "authgate:{revoked}:events:0";
 const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
 const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
 const REVOCATIONS: &str = "authgate_revocations_total";
@@ -765,7 +765,7 @@ fn revocations_stay_within_their_redis_database() {
     loop {
         let n = match redis_query(
             &p.redis.addr(),
-            &["PUBSUB", "NUMSUB", "authgate:revocations:1"],
+            &["PUBSUB", "NUMSUB", "authgate:{revoked}:events:1"],
         ) {
             Ok(Resp::Array(Some(items))) => match items.get(1) {
                 Some(Resp::Int(n)) => *n,

@@ -30,8 +30,10 @@ pub const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
 /// Hash of subject cutoffs: field `<issuer or *>\n<sub>`, value unix seconds.
 pub const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
 /// The pub/sub channel revocations are announced on (JSON [`Revocation`]),
-/// followed by `:<db>`: pub/sub is server-wide, databases are not.
-pub const REVOCATION_CHANNEL: &str = "authgate:revocations";
+/// followed by `:<db>`: pub/sub is server-wide, databases are not. Its
+/// `{revoked}` tag routes the PUBLISH to the slot of the revocation keys,
+/// so write and announcement are one atomic step on a cluster too.
+pub const REVOCATION_CHANNEL: &str = "authgate:{revoked}:events";
 
 /// Where the Redis store lives: one node, a cluster (seed nodes), or the
 /// master that Sentinel names (followed across failovers).
@@ -483,9 +485,22 @@ impl Store for RedisStore {
                     .ignore();
             }
             Revocation::Session { .. } => {
+                // The session key lives in its own cluster slot: delete it
+                // first (client tracking tells every cache), then announce.
+                let mut conn = self.conn().await?;
                 if let Some(k) = session_key {
-                    pipe.del(k).ignore();
+                    redis::cmd("DEL")
+                        .arg(k)
+                        .exec_async(&mut conn)
+                        .await
+                        .map_err(|e| self.failed(e))?;
                 }
+                return redis::cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(msg)
+                    .exec_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(e));
             }
         }
         pipe.publish(&self.channel, msg).ignore();
