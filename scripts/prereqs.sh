@@ -16,6 +16,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The express-session interop test runs the real Node libraries.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The assertion test verifies with PyJWT (in a venv); promtool checks the alerts.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -23,9 +27,9 @@ echo "installing: ${missing[*]}" >&2
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
   $SUDO apt-get update -q >/dev/null
-  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust >= 1.88 (https://rustup.rs)" >&2

@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 pub enum AssertionKeyError {
     #[error("not a PEM private key")]
     NotPem,
+    #[error("a SEC1/PKCS#1 key: convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8`")]
+    NotPkcs8,
     #[error("the key is not a PKCS#8 {0} private key (generate one with `openssl genpkey -algorithm {1}`)")]
     WrongType(&'static str, &'static str),
 }
@@ -37,6 +39,11 @@ fn pkcs8_der(pem: &[u8]) -> Result<Vec<u8>, AssertionKeyError> {
     let mut inside = false;
     for line in text.lines() {
         let line = line.trim();
+        if line.starts_with("-----BEGIN EC PRIVATE KEY")
+            || line.starts_with("-----BEGIN RSA PRIVATE KEY")
+        {
+            return Err(AssertionKeyError::NotPkcs8);
+        }
         if line == "-----BEGIN PRIVATE KEY-----" {
             inside = true;
         } else if line.starts_with("-----END") {
@@ -133,8 +140,13 @@ pub struct AssertionSettings {
 impl AssertionSettings {
     /// Renders the JWKS of the current and previous keys.
     pub fn render_jwks(current: &SigningKey, previous: &[SigningKey]) -> String {
-        let keys: Vec<&Value> = std::iter::once(&current.jwk)
-            .chain(previous.iter().map(|k| &k.jwk))
+        // One entry per kid: a key listed twice (or as current and previous)
+        // is published once.
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<&Value> = std::iter::once(current)
+            .chain(previous.iter())
+            .filter(|k| seen.insert(k.kid.as_str()))
+            .map(|k| &k.jwk)
             .collect();
         json!({ "keys": keys }).to_string()
     }

@@ -41,6 +41,8 @@ pub struct Ctx {
     /// trusted proxy says in `X-Forwarded-Proto`, else `http`.
     scheme: &'static str,
     upstream_start: Option<Instant>,
+    /// A gateway-served endpoint (the assertion JWKS): its metrics label.
+    builtin: Option<&'static str>,
     /// Connect attempts so far (a failed connect retries the next address).
     tries: usize,
     /// `RateLimit-Policy` / `RateLimit` values for the upstream's response.
@@ -56,6 +58,7 @@ impl Gateway {
     /// The assertion keys' JWKS, public, on the proxy listener.
     async fn serve_jwks(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<bool> {
         ctx.reason = Reason::Ok;
+        ctx.builtin = Some("assertion_jwks");
         let mut resp = ResponseHeader::build(200, Some(4))?;
         resp.insert_header("Content-Type", "application/json")?;
         resp.insert_header("Content-Length", body.len().to_string())?;
@@ -384,6 +387,7 @@ impl ProxyHttp for Gateway {
             scheme: "http",
             upstream_start: None,
             tries: 0,
+            builtin: None,
             rate_decision: None,
             failure_cells: Vec::new(),
             body_saved: None,
@@ -715,7 +719,7 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .zip(ctx.route)
             .and_then(|(rt, r)| rt.routes.get(r));
-        let route = matched.map_or("unmatched", |r| r.name.as_str());
+        let route = matched.map_or(ctx.builtin.unwrap_or("unmatched"), |r| r.name.as_str());
         let m = &self.state.metrics;
         match matched.map(|r| r.metrics(m)) {
             Some(rm) => {

@@ -187,7 +187,10 @@ impl State {
                 );
             }
         }
+        // Keep what is bound at start-up; trusted_proxies applies now.
+        let trusted = std::mem::take(&mut new.server.trusted_proxies);
         new.server = old.server.clone();
+        new.server.trusted_proxies = trusted;
         // Keep fetched key sets (and their schedules) for unchanged issuers.
         for issuer in &mut new.issuers {
             if let KeySource::Remote(r) = &issuer.keys {

@@ -113,64 +113,44 @@ fn https_listener_serves_clients_that_trust_the_ca() {
     assert_eq!(up.hits(), hits);
 }
 
-#[test]
-fn tls_upstream_is_verified_against_ca_file_and_sni() {
-    let pki = Pki::new("back");
+/// `[upstreams.NAME]` with TLS to `addr` plus a JWT route `/NAME/` to it.
+fn tls_upstream(name: &str, addr: &str, extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.{name}]
+addrs = ["{addr}"]
+tls = true
+{extra}
+
+[[routes]]
+name = "{name}"
+path_prefix = "/{name}/"
+upstream = "{name}"
+auth = "jwt"
+"#
+    )
+}
+
+/// A TLS echo backend with a `localhost` certificate from `pki`.
+fn backend(pki: &Pki) -> TlsEchoServer {
     let (cert, key) = pki.server_cert("localhost", &["DNS:localhost", "IP:127.0.0.1"]);
-    let backend = TlsEchoServer::start(&cert, &key);
-    let wrong = Pki::new("wrong");
+    TlsEchoServer::start(&cert, &key)
+}
+
+#[test]
+fn tls_upstream_verified_with_ca_file_and_sni_works() {
+    let pki = Pki::new("back");
+    let backend = backend(&pki);
     let ca = pki.ca.display().to_string();
     let text = format!(
-        r#"{BASE_CONFIG}
-[upstreams.secure]
-addrs = ["{addr}"]
-tls = true
-sni = "localhost"
-ca_file = "{ca}"
-
-[upstreams.wrongca]
-addrs = ["{addr}"]
-tls = true
-sni = "localhost"
-ca_file = "{wrong_ca}"
-
-[upstreams.wrongname]
-addrs = ["{addr}"]
-tls = true
-sni = "other.example"
-ca_file = "{ca}"
-
-[upstreams.systemroots]
-addrs = ["{addr}"]
-tls = true
-sni = "localhost"
-
-[[routes]]
-name = "secure"
-path_prefix = "/secure/"
-upstream = "secure"
-auth = "jwt"
-
-[[routes]]
-name = "wrongca"
-path_prefix = "/wrongca/"
-upstream = "wrongca"
-auth = "jwt"
-
-[[routes]]
-name = "wrongname"
-path_prefix = "/wrongname/"
-upstream = "wrongname"
-auth = "jwt"
-
-[[routes]]
-name = "systemroots"
-path_prefix = "/systemroots/"
-upstream = "systemroots"
-auth = "jwt"
-"#,
-        addr = backend.addr,
-        wrong_ca = wrong.ca.display(),
+        "{BASE_CONFIG}{}{}",
+        tls_upstream(
+            "secure",
+            &backend.addr,
+            &format!("sni = \"localhost\"\nca_file = \"{ca}\"")
+        ),
+        // the IP SAN, with the default SNI (the host part of the address)
+        tls_upstream("byip", &backend.addr, &format!("ca_file = \"{ca}\"")),
     );
     let (gw, _up) = Gateway::with_upstream(&text, &[HS_ENV]);
     let tok = hs_token(&hs_claims("alice", json!({"roles": ["ops"]})));
@@ -182,15 +162,50 @@ auth = "jwt"
     assert_eq!(echo["path"], json!("/secure/data?x=1"));
     assert_eq!(echo["headers"]["x-auth-subject"], json!("alice"), "{echo}");
     assert_eq!(echo["headers"]["x-auth-roles"], json!("ops"), "{echo}");
-    // and again (pooled or new connection, same answer)
-    assert_eq!(gw.get_bearer("/secure/again", &tok).status, 200);
-
-    for path in ["/wrongca/x", "/wrongname/x", "/systemroots/x"] {
-        let r = gw.get_bearer(path, &tok);
-        assert_error(&r, 502, "bad_gateway", "upstream_error");
+    assert_eq!(
+        echo["headers"]["x-forwarded-proto"],
+        json!("http"),
+        "{echo}"
+    );
+    for _ in 0..3 {
+        assert_eq!(gw.get_bearer("/secure/again", &tok).status, 200);
     }
-    // the good upstream still works after the failures
-    assert_eq!(gw.get_bearer("/secure/after", &tok).status, 200);
+    let r = gw.get_bearer("/byip/x", &tok);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn tls_upstream_with_a_wrong_ca_or_name_is_502() {
+    let pki = Pki::new("back");
+    let backend = backend(&pki);
+    let wrong = Pki::new("wrong");
+    let text = format!(
+        "{BASE_CONFIG}{}{}{}",
+        tls_upstream(
+            "wrongca",
+            &backend.addr,
+            &format!("sni = \"localhost\"\nca_file = \"{}\"", wrong.ca.display())
+        ),
+        tls_upstream(
+            "wrongname",
+            &backend.addr,
+            &format!(
+                "sni = \"other.example\"\nca_file = \"{}\"",
+                pki.ca.display()
+            )
+        ),
+        // no ca_file: the system roots, which don't know the test CA
+        tls_upstream("systemroots", &backend.addr, "sni = \"localhost\""),
+    );
+    let (gw, _up) = Gateway::with_upstream(&text, &[HS_ENV]);
+    let tok = hs_token(&hs_claims("alice", json!({})));
+    for round in 0..2 {
+        for route in ["wrongca", "wrongname", "systemroots"] {
+            let r = gw.get_bearer(&format!("/{route}/x"), &tok);
+            assert_eq!(r.status, 502, "{route} (round {round}): {}", r.text());
+            assert_error(&r, 502, "bad_gateway", "upstream_error");
+        }
+    }
     let text = gw.metrics();
     for route in ["wrongca", "wrongname", "systemroots"] {
         assert_eq!(
@@ -199,10 +214,78 @@ auth = "jwt"
                 "authgate_requests_total",
                 &[("route", route), ("reason", "upstream_error")]
             ),
-            Some(1.0),
+            Some(2.0),
             "{route}: {text}"
         );
     }
+}
+
+#[test]
+fn a_pooled_connection_is_not_reused_for_an_upstream_with_another_ca() {
+    // Two upstreams at the same address and SNI; only `secure` trusts the backend's
+    // CA. A connection verified for `secure` must not carry `wrongca`'s requests.
+    let pki = Pki::new("back");
+    let backend = backend(&pki);
+    let wrong = Pki::new("wrong");
+    let text = format!(
+        "{BASE_CONFIG}{}{}",
+        tls_upstream(
+            "secure",
+            &backend.addr,
+            &format!("sni = \"localhost\"\nca_file = \"{}\"", pki.ca.display())
+        ),
+        tls_upstream(
+            "wrongca",
+            &backend.addr,
+            &format!("sni = \"localhost\"\nca_file = \"{}\"", wrong.ca.display())
+        ),
+    );
+    let (gw, _up) = Gateway::with_upstream(&text, &[HS_ENV]);
+    let tok = hs_token(&hs_claims("alice", json!({})));
+    assert_eq!(gw.get_bearer("/secure/x", &tok).status, 200);
+    let r = gw.get_bearer("/wrongca/x", &tok);
+    assert_eq!(
+        r.status,
+        502,
+        "wrongca's request went over the connection verified for `secure`: {}",
+        r.text()
+    );
+}
+
+#[test]
+fn a_reload_that_changes_ca_file_applies_to_the_next_request() {
+    let pki = Pki::new("back");
+    let backend = backend(&pki);
+    let wrong = Pki::new("wrong");
+    let tmpl = format!(
+        "{BASE_CONFIG}\n[admin]\ntoken_env = \"AUTHGATE_ADMIN_TOKEN\"\n{}",
+        tls_upstream(
+            "secure",
+            &backend.addr,
+            "sni = \"localhost\"\nca_file = \"{ca}\""
+        ),
+    );
+    let (gw, up) = Gateway::with_upstream(
+        &tmpl.replace("{ca}", pki.ca.to_str().unwrap()),
+        &[HS_ENV, ADMIN_ENV],
+    );
+    let tok = hs_token(&hs_claims("alice", json!({})));
+    assert_eq!(gw.get_bearer("/secure/x", &tok).status, 200);
+    // the operator stops trusting the backend's CA
+    gw.write_config(
+        &tmpl
+            .replace("{ca}", wrong.ca.to_str().unwrap())
+            .replace("{upstream}", &up.addr),
+    );
+    let r = gw.reload();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = gw.get_bearer("/secure/y", &tok);
+    assert_eq!(
+        r.status,
+        502,
+        "after the reload the backend is no longer trusted, but a pooled connection served: {}",
+        r.text()
+    );
 }
 
 /// `check --config gateway.toml` in `dir`: (exit code, stderr).
@@ -335,6 +418,13 @@ fn serve_refuses_a_key_that_does_not_match_the_certificate() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let status = exited.expect("serve kept running with a key that does not match the cert");
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "serve kept running with a key that does not match the certificate (check said: {:?})",
+            String::from_utf8_lossy(
+                &run_cli(&["check", "--config", "gateway.toml"], &[HS_ENV], &dir).stdout
+            )
+        )
+    });
     assert!(!status.success(), "{status}");
 }

@@ -7,6 +7,7 @@
 //! - small readers for Prometheus text and JSON log lines.
 #![allow(dead_code)]
 
+pub mod cluster;
 /// Login-style upstream (401 on a wrong password) and a raw client: see `login.rs`.
 pub mod login;
 /// Live-operations helpers (JWKS server, signals, reload, TLS, slow upstream): see `ops.rs`.

@@ -1,0 +1,601 @@
+#!/usr/bin/env bash
+# authgate load benchmark vs nginx and HAProxy, in one run:
+#
+#   ./benches/load.sh
+#
+# Servers (upstream nginx, the proxy under test, Redis) are pinned to one core
+# (SERVER_CPU, default 0) and the load generator to another (CLIENT_CPU,
+# default 1). Every row: `wrk -t1 -cCONNS --latency`, WARMUP s unmeasured,
+# then DURATION s measured, against:
+#
+#   nginx upstream directly          a fixed 3-byte 200 (`return 200`), 1 worker
+#   nginx proxy_pass                 1 worker, upstream keepalive (the baseline)
+#   authgate pass-through            auth = "none", threads = 1
+#   authgate pass-through, log off   the same with RUST_LOG=warn (no request log line)
+#   authgate <alg>, 1,000-token pool HS256 RS256 ES256 EdDSA, 1,000 users' tokens in turn
+#   authgate <alg>, distinct tokens  every token used once (minted here), cache on:
+#                                    a cache miss, verification and insert per request
+#   authgate <alg>, cache off        the pool again on a gateway with [token_cache] size = 0
+#   authgate session, 1,000 sessions express-session cookies, connect-redis JSON in a
+#                                    Redis started here
+#   HAProxy <alg>, pool / distinct   HAProxy 2.6 `jwt_verify` (HS256 RS256 ES256; it has
+#                                    no EdDSA) in front of the same upstream
+#
+# then an open-loop fixed-rate run (benches/load/tools.rs `rate`, wrk2-style
+# latency from each request's due time) at 50 % of authgate pass-through's
+# saturation, for the p99 latency that authentication adds.
+#
+# authgate's stdout (one JSON line per request) goes to /dev/null: each line is
+# still formatted and written, the cost of a log shipper reading it is not
+# counted. Tokens are minted by benches/load/tools.rs (jsonwebtoken) from the
+# keys in tests/fixtures and kept under target/bench-load/tokens for 12 hours.
+#
+# Env: DURATION (10) WARMUP (2) CONNS (32) DISTINCT (200000 tokens per
+# algorithm) SERVER_CPU (0) CLIENT_CPU (1) FIXED_RATE (1: run the fixed-rate
+# part) FIXED_CONNS (32) OUT (target/bench-load/last-run.txt).
+# Exits non-zero if a component cannot be installed, built or started, or a
+# row answers anything but 200.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-32}
+DISTINCT=${DISTINCT:-200000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+FIXED_RATE=${FIXED_RATE:-1}
+FIXED_CONNS=${FIXED_CONNS:-32}
+OUT=${OUT:-$ROOT/target/bench-load/last-run.txt}
+FIX=$ROOT/tests/fixtures
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LUA=$ROOT/benches/load/creds.lua
+
+die() {
+  echo "load.sh: $*" >&2
+  exit 1
+}
+log() { echo "[$(date +%T)] $*" >&2; }
+
+# --- prerequisites ---------------------------------------------------------
+need=()
+for c in nginx wrk haproxy redis-server redis-cli curl taskset; do
+  command -v "$c" >/dev/null 2>&1 || need+=("$c")
+done
+if ((${#need[@]})); then
+  log "installing: ${need[*]}"
+  [ "$(id -u)" = 0 ] || die "missing ${need[*]} and not root (apt-get install -y nginx wrk haproxy redis-server redis-tools curl util-linux)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null || die "apt-get update failed"
+  apt-get install -y -qq nginx wrk haproxy redis-server redis-tools curl util-linux >/dev/null ||
+    die "apt-get install failed"
+  # Debian's packages may start their own services; they are not used here.
+  for c in nginx haproxy redis-server; do
+    command -v "$c" >/dev/null 2>&1 || die "$c still missing after apt-get install"
+  done
+fi
+cpus=$(nproc)
+((cpus >= 2)) || die "needs 2 cores (servers on one, wrk on the other); this machine has $cpus"
+haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
+
+# --- build -----------------------------------------------------------------
+log "building target/release/authgate and the load tools (release)"
+cargo build --release --bin authgate >&2 || die "cargo build --release failed"
+AUTHGATE=$ROOT/target/release/authgate
+[ -x "$AUTHGATE" ] || die "no $AUTHGATE"
+TOOLS=$(cargo bench --bench load_tools --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*load_tools[^"]*"' | tail -1 | cut -d'"' -f4)
+[ -n "$TOOLS" ] && [ -x "$TOOLS" ] || die "cannot build the load_tools bench (cargo bench --bench load_tools --no-run)"
+
+# --- work dir, cleanup -----------------------------------------------------
+WORK=$(mktemp -d /tmp/authgate-load.XXXXXX)
+PIDS=()
+alive() { # PID: running (an exited child stays a zombie until waited for)
+  [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 50); do
+      alive "$p" || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop_pid() { # PID [SIGNAL]: stop one process we started, and forget it
+  local p=$1 sig=${2:-TERM} q keep=() i
+  kill -"$sig" "$p" 2>/dev/null || true
+  for i in $(seq 50); do
+    alive "$p" || break
+    sleep 0.1
+  done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+  PIDS=("${keep[@]}")
+}
+
+ports=$("$TOOLS" ports 10) || die "cannot find free ports"
+read -r P_UP P_NGX P_GW P_GWADM P_GW2 P_GW2ADM P_SESS P_SESSADM P_HAP P_REDIS <<<"$(echo $ports)"
+
+wait_http() { # URL PID NAME [ERRFILE]: 200 within 15 s while PID lives
+  local url=$1 pid=$2 name=$3 err=${4:-} i
+  for i in $(seq 150); do
+    alive "$pid" || die "$name exited during start-up${err:+: $(tail -20 "$err")}"
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" = 200 ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "$name did not answer 200 on $url within 15 s${err:+: $(tail -20 "$err")}"
+}
+
+expect_200() { # NAME URL [HEADER]: one request must get a 200
+  local code
+  if [ -n "${3:-}" ]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "$3" "$2")
+  else
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$2")
+  fi
+  [ "$code" = 200 ] || die "$1: $2 answered $code, expected 200"
+}
+
+# --- the upstream and nginx proxy ------------------------------------------
+nginx_conf() { # DIR BODY
+  mkdir -p "$1"
+  cat >"$1/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+$2
+}
+EOF
+}
+
+log "starting the upstream (nginx) on 127.0.0.1:$P_UP"
+nginx_conf "$WORK/up" "  server {
+    listen 127.0.0.1:$P_UP;
+    location / { default_type text/plain; return 200 \"ok\n\"; }
+  }"
+taskset -c "$SERVER_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -e "$WORK/up/error.log" &
+PID_UP=$!
+PIDS+=("$PID_UP")
+wait_http "http://127.0.0.1:$P_UP/" "$PID_UP" "upstream nginx" "$WORK/up/error.log"
+
+# --- tokens, sessions ------------------------------------------------------
+TOK=$ROOT/target/bench-load/tokens
+mkdir -p "$TOK"
+HS_SECRET_FILE=$FIX/hs_secret.txt
+declare -A KEY=([HS256]=$HS_SECRET_FILE [RS256]=$FIX/rsa_priv.pem [ES256]=$FIX/ec256_priv.pem [EdDSA]=$FIX/ed25519_priv.pem)
+declare -A ISS=([HS256]=https://hs.bench [RS256]=https://rs.bench [ES256]=https://es.bench [EdDSA]=https://ed.bench)
+declare -A PFX=([HS256]=hs [RS256]=rs [ES256]=es [EdDSA]=ed)
+ALGS=(HS256 RS256 ES256 EdDSA)
+
+fresh_tokens() { # FILE COUNT: minted in the last 12 h with at least COUNT lines
+  [ -f "$1" ] && [ -n "$(find "$1" -mmin -720 2>/dev/null)" ] && (($(wc -l <"$1") >= $2))
+}
+for a in "${ALGS[@]}"; do
+  pool=$TOK/$a-pool.txt
+  dist=$TOK/$a-distinct.txt
+  if ! fresh_tokens "$pool" 1000; then
+    log "minting 1,000 $a tokens (1,000 users)"
+    "$TOOLS" mint --alg "$a" --key "${KEY[$a]}" --issuer "${ISS[$a]}" --count 1000 --users 1000 --out "$pool" ||
+      die "minting $a failed"
+  fi
+  if ! fresh_tokens "$dist" "$DISTINCT"; then
+    log "minting $DISTINCT distinct $a tokens"
+    t0=$(date +%s)
+    "$TOOLS" mint --alg "$a" --key "${KEY[$a]}" --issuer "${ISS[$a]}" --count "$DISTINCT" --out "$dist" ||
+      die "minting $a failed"
+    log "  took $(($(date +%s) - t0)) s"
+  fi
+done
+SESSION_SECRET=bench-session-secret-0123456789abcdef
+"$TOOLS" sessions --count 1000 --secret "$SESSION_SECRET" --prefix sess: \
+  --cookies "$WORK/cookies.txt" --resp "$WORK/sessions.resp" || die "session generation failed"
+
+# --- results ---------------------------------------------------------------
+# One line per row: key|label|rps|p50|p99|non2xx|sockerr|wraps|note
+RES=$WORK/results
+: >"$RES"
+declare -A RPS P50 P99 LABEL NOTE
+
+to_ms() { # "1.23ms" / "850.00us" / "1.02s" -> ms
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "nan" }'
+}
+
+metric() { # ADMIN_PORT NAME_AND_LABELS -> value (0 when absent)
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 { v = $2 } END { print v + 0 }'
+}
+
+# row KEY LABEL URL [CREDS KIND [WARM_CREDS [ADMIN_PORT]]]
+row() {
+  local key=$1 label=$2 url=$3 creds=${4:-} kind=${5:-bearer} warm=${6:-${4:-}} adm=${7:-}
+  local script=() wscript=() out h0 m0 h1 m1
+  [ -n "$creds" ] && script=(-s "$LUA" "$url" -- "$creds" "$kind")
+  [ -n "$warm" ] && wscript=(-s "$LUA" "$url" -- "$warm" "$kind")
+  [ -n "$creds" ] || script=("$url")
+  [ -n "$warm" ] || wscript=("$url")
+  log "row: $label"
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${wscript[@]}" >"$WORK/warm.out" 2>&1 ||
+    die "$label: wrk warm-up failed: $(cat "$WORK/warm.out")"
+  if [ -n "$adm" ]; then
+    h0=$(metric "$adm" 'authgate_token_cache_total{result="hit"}')
+    m0=$(metric "$adm" 'authgate_token_cache_total{result="miss"}')
+  fi
+  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" 2>&1) ||
+    die "$label: wrk failed: $out"
+  echo "== $label" >>"$WORK/wrk.log"
+  echo "$out" >>"$WORK/wrk.log"
+  local rps p50 p99 non2xx sockerr wraps note=""
+  rps=$(echo "$out" | awk '/^Requests\/sec:/ { printf "%.0f", $2 }')
+  p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+  p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+  non2xx=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ { print $NF }')
+  sockerr=$(echo "$out" | awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }')
+  wraps=$(echo "$out" | awk '/^wraps:/ { print $2 }')
+  [ -n "$rps" ] || die "$label: cannot parse wrk output: $out"
+  if [ -n "$adm" ]; then
+    h1=$(metric "$adm" 'authgate_token_cache_total{result="hit"}')
+    m1=$(metric "$adm" 'authgate_token_cache_total{result="miss"}')
+    note="cache hits $((${h1%.*} - ${h0%.*})), misses $((${m1%.*} - ${m0%.*}))"
+  fi
+  if [ -n "$wraps" ] && [ "$wraps" != 0 ]; then note="${note:+$note; }token list wrapped $wraps x"; fi
+  if [ -n "$non2xx" ] && [ "$non2xx" != 0 ]; then
+    echo "$out" >&2
+    die "$label: $non2xx non-2xx responses: the row is not measuring what it claims"
+  fi
+  if [ -n "$sockerr" ] && [ "$sockerr" != 0 ]; then note="${note:+$note; }socket errors $sockerr"; fi
+  RPS[$key]=$rps P50[$key]=$p50 P99[$key]=$p99 LABEL[$key]=$label NOTE[$key]=$note
+  echo "$key|$label|$rps|$p50|$p99|$note" >>"$RES"
+  log "  $rps req/s  p50 $p50 ms  p99 $p99 ms  $note"
+}
+
+# --- nginx -----------------------------------------------------------------
+row ngx_up "nginx upstream directly" "http://127.0.0.1:$P_UP/"
+
+nginx_conf "$WORK/px" "  upstream app { server 127.0.0.1:$P_UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$P_NGX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+taskset -c "$SERVER_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
+PID_NGX=$!
+PIDS+=("$PID_NGX")
+wait_http "http://127.0.0.1:$P_NGX/" "$PID_NGX" "nginx proxy" "$WORK/px/error.log"
+row ngx_px "nginx proxy_pass (baseline)" "http://127.0.0.1:$P_NGX/none/"
+stop_pid "$PID_NGX"
+
+# --- authgate --------------------------------------------------------------
+gw_conf() { # FILE LISTEN ADMIN EXTRA
+  cat >"$1" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+threads = 1
+
+[upstreams.app]
+addrs = ["127.0.0.1:$P_UP"]
+
+[issuers.hs]
+issuer = "https://hs.bench"
+audiences = ["api"]
+algorithms = ["HS256"]
+secret_file = "$FIX/hs_secret.txt"
+
+[issuers.rs]
+issuer = "https://rs.bench"
+audiences = ["api"]
+algorithms = ["RS256"]
+public_key_file = "$FIX/rsa_pub.pem"
+
+[issuers.es]
+issuer = "https://es.bench"
+audiences = ["api"]
+algorithms = ["ES256"]
+public_key_file = "$FIX/ec256_pub.pem"
+
+[issuers.ed]
+issuer = "https://ed.bench"
+audiences = ["api"]
+algorithms = ["EdDSA"]
+public_key_file = "$FIX/ed25519_pub.pem"
+
+[[routes]]
+name = "none"
+path_prefix = "/none/"
+upstream = "app"
+auth = "none"
+EOF
+  for p in hs rs es ed; do
+    printf '\n[[routes]]\nname = "%s"\npath_prefix = "/%s/"\nupstream = "app"\nauth = "jwt"\nissuers = ["%s"]\n' "$p" "$p" "$p" >>"$1"
+  done
+  printf '%s\n' "$4" >>"$1"
+}
+
+start_gw() { # NAME CONFIG ADMIN_PORT [ENV...] -> sets GW_PID
+  local name=$1 cfg=$2 adm=$3
+  shift 3
+  env "$@" "$AUTHGATE" check --config "$cfg" >/dev/null 2>"$WORK/$name.check" ||
+    die "$name: invalid config: $(cat "$WORK/$name.check")"
+  env "$@" taskset -c "$SERVER_CPU" "$AUTHGATE" serve --config "$cfg" >/dev/null 2>"$WORK/$name.err" &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  wait_http "http://127.0.0.1:$adm/readyz" "$GW_PID" "authgate ($name)" "$WORK/$name.err"
+}
+
+gw_conf "$WORK/gw.toml" "$P_GW" "$P_GWADM" ""
+start_gw gw "$WORK/gw.toml" "$P_GWADM"
+GW=http://127.0.0.1:$P_GW
+expect_200 "authgate pass-through" "$GW/none/"
+for a in "${ALGS[@]}"; do
+  expect_200 "authgate $a" "$GW/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
+done
+row ag_pass "authgate pass-through (auth = none)" "$GW/none/"
+for a in "${ALGS[@]}"; do
+  row "ag_pool_$a" "authgate $a, 1,000-token pool" "$GW/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer "" "$P_GWADM"
+done
+for a in "${ALGS[@]}"; do
+  # Warm-up on the pool (other tokens), so every measured token is new.
+  row "ag_dist_$a" "authgate $a, every token distinct" "$GW/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
+    "$TOK/$a-pool.txt" "$P_GWADM"
+done
+stop_pid "$GW_PID" INT
+
+# The same gateway with no request log line (what the log costs).
+start_gw gwq "$WORK/gw.toml" "$P_GWADM" RUST_LOG=warn
+row ag_pass_quiet "authgate pass-through, request log off" "$GW/none/"
+stop_pid "$GW_PID" INT
+
+# Cache off: every request verifies (the 1,000-token pool).
+gw_conf "$WORK/gw-nocache.toml" "$P_GW2" "$P_GW2ADM" $'\n[token_cache]\nsize = 0'
+start_gw gwnc "$WORK/gw-nocache.toml" "$P_GW2ADM"
+GW2=http://127.0.0.1:$P_GW2
+for a in "${ALGS[@]}"; do
+  row "ag_nc_$a" "authgate $a, cache off (size = 0), pool" "$GW2/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
+done
+stop_pid "$GW_PID" INT
+
+# Sessions: Redis + 1,000 express-session cookies.
+log "starting redis-server on 127.0.0.1:$P_REDIS"
+taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no \
+  --daemonize no --logfile "$WORK/redis.log" &
+PID_REDIS=$!
+PIDS+=("$PID_REDIS")
+for _ in $(seq 100); do
+  redis-cli -p "$P_REDIS" ping >/dev/null 2>&1 && break
+  alive "$PID_REDIS" || die "redis-server exited: $(cat "$WORK/redis.log")"
+  sleep 0.1
+done
+redis-cli -p "$P_REDIS" ping >/dev/null 2>&1 || die "redis-server did not answer"
+redis-cli -p "$P_REDIS" --pipe <"$WORK/sessions.resp" >"$WORK/pipe.out" 2>&1 || die "loading sessions: $(cat "$WORK/pipe.out")"
+[ "$(redis-cli -p "$P_REDIS" dbsize)" -ge 1000 ] || die "sessions not loaded: $(cat "$WORK/pipe.out")"
+cat >"$WORK/sess.toml" <<EOF
+[server]
+listen = "127.0.0.1:$P_SESS"
+admin_listen = "127.0.0.1:$P_SESSADM"
+threads = 1
+
+[store]
+kind = "redis"
+url = "redis://127.0.0.1:$P_REDIS/0"
+
+[upstreams.app]
+addrs = ["127.0.0.1:$P_UP"]
+
+[sessions]
+cookie = "sessionId"
+secrets_env = ["AG_BENCH_SESSION_SECRET"]
+key_prefix = "sess:"
+rolling = false
+identity = { subject = "userId", email = "email", roles = "role" }
+
+[[routes]]
+name = "sess"
+path_prefix = "/sess/"
+upstream = "app"
+auth = "session"
+EOF
+start_gw sess "$WORK/sess.toml" "$P_SESSADM" \
+  AG_BENCH_SESSION_SECRET="$SESSION_SECRET"
+expect_200 "authgate session" "http://127.0.0.1:$P_SESS/sess/" "Cookie: sessionId=$(head -1 "$WORK/cookies.txt")"
+row ag_sess "authgate session, 1,000 sessions" "http://127.0.0.1:$P_SESS/sess/" "$WORK/cookies.txt" cookie
+stop_pid "$GW_PID" INT
+stop_pid "$PID_REDIS"
+
+# --- HAProxy ---------------------------------------------------------------
+HS_SECRET=$(cat "$HS_SECRET_FILE") # like a secret_file: without the trailing newline
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 75s
+
+frontend fe
+  bind 127.0.0.1:$P_HAP
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('\$.alg')
+  # Each path pins its algorithm (a token must not choose it) and its key.
+  http-request deny if { path_beg /hs/ } !{ var(txn.jwt_alg) -m str HS256 }
+  http-request deny if { path_beg /hs/ } !{ var(txn.bearer),jwt_verify(txn.jwt_alg,"$HS_SECRET") -m int 1 }
+  http-request deny if { path_beg /rs/ } !{ var(txn.jwt_alg) -m str RS256 }
+  http-request deny if { path_beg /rs/ } !{ var(txn.bearer),jwt_verify(txn.jwt_alg,"$FIX/rsa_pub.pem") -m int 1 }
+  http-request deny if { path_beg /es/ } !{ var(txn.jwt_alg) -m str ES256 }
+  http-request deny if { path_beg /es/ } !{ var(txn.bearer),jwt_verify(txn.jwt_alg,"$FIX/ec256_pub.pem") -m int 1 }
+  default_backend app
+
+backend app
+  server up 127.0.0.1:$P_UP
+EOF
+haproxy -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy.check" 2>&1 || die "HAProxy config: $(cat "$WORK/haproxy.check")"
+taskset -c "$SERVER_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+PID_HAP=$!
+PIDS+=("$PID_HAP")
+HAP=http://127.0.0.1:$P_HAP
+wait_http "$HAP/none/" "$PID_HAP" "haproxy" "$WORK/haproxy.log"
+HAP_ALGS=(HS256 RS256 ES256)
+for a in "${HAP_ALGS[@]}"; do
+  expect_200 "HAProxy $a" "$HAP/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
+  bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")x" "$HAP/${PFX[$a]}/")
+  [ "$bad" = 403 ] || die "HAProxy $a: a tampered token got $bad, expected 403 (jwt_verify not effective)"
+done
+for a in "${HAP_ALGS[@]}"; do
+  row "hap_pool_$a" "HAProxy $haproxy_version $a, 1,000-token pool" "$HAP/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
+done
+for a in "${HAP_ALGS[@]}"; do
+  row "hap_dist_$a" "HAProxy $haproxy_version $a, every token distinct" "$HAP/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
+    "$TOK/$a-pool.txt"
+done
+
+# --- fixed rate: latency added by authentication ----------------------------
+FIXED=$WORK/fixed
+: >"$FIXED"
+declare -A FX_P50 FX_P99 FX_RATE
+fixed() { # KEY LABEL ADDR PATH RATE [TOKENS [KIND]]
+  local key=$1 label=$2 addr=$3 path=$4 rate=$5 toks=${6:-} kind=${7:-bearer} out
+  local extra=()
+  [ -n "$toks" ] && extra=(--tokens "$toks" --kind "$kind")
+  log "fixed rate $rate/s: $label"
+  out=$(taskset -c "$CLIENT_CPU" "$TOOLS" rate --addr "$addr" --path "$path" --rate "$rate" --secs "$DURATION" \
+    --warmup "$WARMUP" --conns "$FIXED_CONNS" "${extra[@]}") || die "$label: fixed-rate client failed"
+  local p50 p99 achieved non200
+  p50=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p50_ms" { print $2 }')
+  p99=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p99_ms" { print $2 }')
+  achieved=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "achieved" { print $2 }')
+  non200=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "non200" { print $2 }')
+  [ "$non200" = 0 ] || die "$label: $non200 non-200 responses at fixed rate: $out"
+  FX_P50[$key]=$p50 FX_P99[$key]=$p99 FX_RATE[$key]=$rate
+  echo "$key|$label|$rate|$achieved|$p50|$p99" >>"$FIXED"
+  log "  $out"
+}
+if [ "$FIXED_RATE" = 1 ]; then
+  R=$(awk -v r="${RPS[ag_pass]}" 'BEGIN { printf "%d", int(r * 0.5 / 100) * 100 }')
+  start_gw gw "$WORK/gw.toml" "$P_GWADM"
+  GWA=127.0.0.1:$P_GW
+  fixed "fx_pass_$R" "authgate pass-through" "$GWA" /none/ "$R"
+  for a in "${ALGS[@]}"; do
+    fixed "fx_pool_$a" "authgate $a, 1,000-token pool" "$GWA" "/${PFX[$a]}/" "$R" "$TOK/$a-pool.txt"
+  done
+  stop_pid "$GW_PID" INT
+  # Cache off: at the same rate when the row's saturation allows 2x, else at
+  # half its own saturation, with a pass-through run at that rate too.
+  start_gw gwnc "$WORK/gw-nocache.toml" "$P_GW2ADM"
+  for a in "${ALGS[@]}"; do
+    r=$(awk -v r="${RPS[ag_nc_$a]}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
+    fixed "fx_nc_$a" "authgate $a, cache off, pool" "127.0.0.1:$P_GW2" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
+  done
+  stop_pid "$GW_PID" INT
+  for a in "${HAP_ALGS[@]}"; do
+    r=$(awk -v r="${RPS[hap_pool_$a]}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
+    fixed "fx_hap_$a" "HAProxy $a, pool" "127.0.0.1:$P_HAP" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
+  done
+  # Pass-through references at every other rate used.
+  start_gw gw "$WORK/gw.toml" "$P_GWADM"
+  for r in $(cut -d'|' -f3 "$FIXED" | sort -u); do
+    [ -n "${FX_P99[fx_pass_$r]:-}" ] || fixed "fx_pass_$r" "authgate pass-through" "$GWA" /none/ "$r"
+  done
+  stop_pid "$GW_PID" INT
+fi
+stop_pid "$PID_HAP"
+
+# --- report ----------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+hap_of() { # row key -> the HAProxy row it compares with (same alg, same token set)
+  case $1 in
+  ag_pool_* | hap_pool_*) echo "hap_pool_${1##*_}" ;;
+  ag_dist_* | ag_nc_* | hap_dist_*) echo "hap_dist_${1##*_}" ;;
+  esac
+}
+{
+  echo "authgate load benchmark  ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo "  machine: $cpus x $(lscpu 2>/dev/null | awk -F: '/Model name/ && !n++ { gsub(/^ +/, "", $2); print $2 }'), $(uname -r); servers on core $SERVER_CPU, wrk on core $CLIENT_CPU"
+  echo "  load average at start: $LOAD_START   at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
+  echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once"
+  echo
+  printf '| %-44s | %8s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "---------:" "--------:" "--------:" "---------:" "---------:" "-------"
+  while IFS='|' read -r key label rps p50 p99 note; do
+    h=$(hap_of "$key")
+    printf '| %-44s | %8s | %7s | %7s | %8s | %8s | %s |\n' "$label" "$rps" "$p50" "$p99" \
+      "$(ratio "$rps" "${RPS[ag_pass]}")" "$( [ -n "$h" ] && ratio "$rps" "${RPS[$h]:-}" || echo -)" "${note:--}"
+  done <"$RES"
+  if [ -s "$FIXED" ]; then
+    echo
+    echo "Fixed rate (open loop, latency from each request's due time; $FIXED_CONNS connections, ${DURATION}s after ${WARMUP}s):"
+    echo
+    printf '| %-44s | %7s | %8s | %7s | %7s | %15s |\n' "row" "rate/s" "achieved" "p50 ms" "p99 ms" "p99 added vs pass"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "--------:" "---------:" "--------:" "--------:" "------------------:"
+    while IFS='|' read -r key label rate achieved p50 p99; do
+      pp=${FX_P99[fx_pass_$rate]:-}
+      added=$(awk -v a="$p99" -v b="$pp" 'BEGIN { if (b == "") print "-"; else printf "%+.3f ms", a - b }')
+      printf '| %-44s | %7s | %8s | %7s | %7s | %18s |\n' "$label" "$rate" "$achieved" "$p50" "$p99" "$added"
+    done <"$FIXED"
+  fi
+  echo
+  echo "Targets:"
+  target() { # LABEL VALUE OP THRESHOLD
+    local v=$2
+    if [ "$v" = - ]; then
+      printf '  %-58s %6s   (not measured)\n' "$1" "$v"
+      return
+    fi
+    if awk -v v="$v" -v t="$4" 'BEGIN { exit !(v >= t) }'; then
+      printf '  %-58s %6s >= %-5s met\n' "$1" "$v" "$4"
+    else
+      printf '  %-58s %6s >= %-5s MISSED\n' "$1" "$v" "$4"
+    fi
+  }
+  target "RS256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_RS256]}" "${RPS[ag_pass]}")" ">=" 0.90
+  target "ES256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_ES256]}" "${RPS[ag_pass]}")" ">=" 0.90
+  target "RS256 pool / HAProxy RS256" "$(ratio "${RPS[ag_pool_RS256]}" "${RPS[hap_pool_RS256]}")" ">=" 1.8
+  target "ES256 pool / HAProxy ES256" "$(ratio "${RPS[ag_pool_ES256]}" "${RPS[hap_pool_ES256]}")" ">=" 3.0
+  for a in "${HAP_ALGS[@]}"; do
+    target "$a every token distinct / HAProxy $a (distinct)" "$(ratio "${RPS[ag_dist_$a]}" "${RPS[hap_dist_$a]}")" ">=" 1.0
+  done
+  target "authgate pass-through / nginx proxy_pass" "$(ratio "${RPS[ag_pass]}" "${RPS[ngx_px]}")" ">=" 0.90
+} >"$WORK/report"
+mkdir -p "$(dirname "$OUT")"
+cp "$WORK/report" "$OUT"
+cp "$WORK/wrk.log" "${OUT%.txt}.wrk.log"
+echo
+cat "$WORK/report"
+echo
+echo "(saved to $OUT; raw wrk output in ${OUT%.txt}.wrk.log)"

@@ -1,0 +1,442 @@
+//! Micro-benchmarks of the request hot path (criterion), through the
+//! library's public API only:
+//!
+//! - `jwt_uncached/<alg>`: `auth::jwt::verify_jws` (header parse, signature
+//!   decode, one signature check) for HS256, RS256, PS256, ES256 and EdDSA,
+//!   keys from `auth::keys` and the committed test fixtures;
+//! - `jwt_miss_path/<alg>`: `auth::verify_token` on a runtime built by
+//!   `config::load_str` — what a cache miss costs before the cache insert
+//!   (envelope, claims JSON, claim rules, `Identity`);
+//! - `jwt_cached/<alg>`: `TokenCache::key` (SHA-256 of the whole token) and
+//!   a `TokenCache::get` hit, cycling over 1,000 cached tokens; `sha256` alone
+//!   for the split;
+//! - `cookie/unsign`: the express-session cookie signature check, with one
+//!   secret and with two (rotation: every secret is always tried);
+//! - `router/*`: `Router::new` over 1,000 routes (exact, prefix, host,
+//!   wildcard host, methods) and `resolve` for each kind of match;
+//! - `metrics/*`: a labelled prometheus counter resolved per call versus a
+//!   resolved handle (the cache-hit path resolves `token_cache{result}` on
+//!   every request).
+//!
+//! Short on purpose (2 s measurement, 30 samples): the suite takes about two
+//! minutes. Run with `cargo bench --bench micro`; `-- jwt_cached` filters.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authgate::auth::cache::{CachedToken, TokenCache};
+use authgate::auth::jwt::{now_unix, verify_jws};
+use authgate::auth::keys::{public_key_from_pem, secret_key, signing_key_from_pem, AlgSet, KeySet};
+use authgate::auth::session::{sign_cookie, unsign};
+use authgate::identity::{AuthMethod, Identity};
+use authgate::router::{Matcher, Router};
+use criterion::{criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const POOL: usize = 1_000;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(name)).expect("fixture")
+}
+
+/// One algorithm under test: its name, verification keys, signing key and
+/// the issuer / route names used in the benchmark config.
+struct Alg {
+    alg: Algorithm,
+    label: &'static str,
+    keys: KeySet,
+    signer: EncodingKey,
+    issuer: &'static str,
+    route: &'static str,
+}
+
+fn hs_secret() -> Vec<u8> {
+    let mut s = fixture("hs_secret.txt");
+    if s.last() == Some(&b'\n') {
+        s.pop();
+    }
+    s
+}
+
+fn algs() -> Vec<Alg> {
+    let asym = |alg, label, pubf: &str, privf: &str, issuer, route| {
+        let key = public_key_from_pem(&fixture(pubf)).expect("public key");
+        Alg {
+            alg,
+            label,
+            keys: KeySet { keys: vec![key] },
+            signer: signing_key_from_pem(&fixture(privf), alg).expect("signing key"),
+            issuer,
+            route,
+        }
+    };
+    let secret = hs_secret();
+    vec![
+        Alg {
+            alg: Algorithm::HS256,
+            label: "HS256",
+            keys: KeySet {
+                keys: vec![secret_key(&secret)],
+            },
+            signer: EncodingKey::from_secret(&secret),
+            issuer: "https://hs.bench",
+            route: "hs",
+        },
+        asym(
+            Algorithm::RS256,
+            "RS256",
+            "rsa_pub.pem",
+            "rsa_priv.pem",
+            "https://rs.bench",
+            "rs",
+        ),
+        asym(
+            Algorithm::PS256,
+            "PS256",
+            "rsa_pub.pem",
+            "rsa_priv.pem",
+            "https://ps.bench",
+            "ps",
+        ),
+        asym(
+            Algorithm::ES256,
+            "ES256",
+            "ec256_pub.pem",
+            "ec256_priv.pem",
+            "https://es.bench",
+            "es",
+        ),
+        asym(
+            Algorithm::EdDSA,
+            "EdDSA",
+            "ed25519_pub.pem",
+            "ed25519_priv.pem",
+            "https://ed.bench",
+            "ed",
+        ),
+    ]
+}
+
+/// A token like the load benchmark's: iss, aud, sub, iat, exp, jti, email,
+/// roles and scope (about 300 bytes of claims).
+fn mint(a: &Alg, user: usize) -> String {
+    let now = now_unix();
+    let claims = serde_json::json!({
+        "iss": a.issuer,
+        "aud": "api",
+        "sub": format!("user-{user:06}"),
+        "iat": now,
+        "exp": now + 86_400,
+        "jti": format!("{:032x}", (user as u128) << 64 | now as u128),
+        "email": format!("user-{user:06}@example.com"),
+        "roles": ["reader", "writer"],
+        "scope": "orders:read orders:write",
+    });
+    jsonwebtoken::encode(&Header::new(a.alg), &claims, &a.signer).expect("sign")
+}
+
+/// Every algorithm's issuer and a JWT route for it (the miss-path bench).
+fn runtime_config() -> String {
+    let mut s = String::from(
+        "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\nthreads = 1\n\n\
+         [upstreams.app]\naddrs = [\"127.0.0.1:3\"]\n\n",
+    );
+    for (name, iss, alg, key) in [
+        (
+            "hs",
+            "https://hs.bench",
+            "HS256",
+            "secret_file = \"hs_secret.txt\"",
+        ),
+        (
+            "rs",
+            "https://rs.bench",
+            "RS256",
+            "public_key_file = \"rsa_pub.pem\"",
+        ),
+        (
+            "ps",
+            "https://ps.bench",
+            "PS256",
+            "public_key_file = \"rsa_pub.pem\"",
+        ),
+        (
+            "es",
+            "https://es.bench",
+            "ES256",
+            "public_key_file = \"ec256_pub.pem\"",
+        ),
+        (
+            "ed",
+            "https://ed.bench",
+            "EdDSA",
+            "public_key_file = \"ed25519_pub.pem\"",
+        ),
+    ] {
+        s.push_str(&format!(
+            "[issuers.{name}]\nissuer = \"{iss}\"\naudiences = [\"api\"]\nalgorithms = [\"{alg}\"]\n{key}\n\n\
+             [[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"app\"\nauth = \"jwt\"\nissuers = [\"{name}\"]\n\n"
+        ));
+    }
+    s
+}
+
+fn identity(sub: usize) -> Arc<Identity> {
+    Arc::new(Identity {
+        method: AuthMethod::Jwt,
+        subject: Some(format!("user-{sub:06}")),
+        issuer: Some(Arc::from("bench")),
+        email: None,
+        roles: vec!["reader".into()],
+        scopes: vec![],
+        claims: Arc::new(Default::default()),
+        jti: None,
+        iat: None,
+    })
+}
+
+fn jwt(c: &mut Criterion) {
+    let algs = algs();
+    let rt = authgate::config::load_str("bench.toml", &runtime_config(), Path::new(FIXTURES))
+        .unwrap_or_else(|e| panic!("bench config: {e:?}"));
+
+    // Uncached: the JWS envelope and one signature check.
+    let mut g = c.benchmark_group("jwt_uncached");
+    for a in &algs {
+        let token = mint(a, 1);
+        let allowed = AlgSet::of(a.alg);
+        assert!(verify_jws(&token, &a.keys, allowed).is_ok(), "{}", a.label);
+        g.bench_function(a.label, |b| {
+            b.iter(|| verify_jws(black_box(&token), &a.keys, allowed))
+        });
+    }
+    g.finish();
+
+    // The whole miss path short of the cache insert.
+    let mut g = c.benchmark_group("jwt_miss_path");
+    for a in &algs {
+        let token = mint(a, 2);
+        let route = rt.routes.iter().find(|r| r.name == a.route).expect("route");
+        let now = now_unix();
+        assert!(
+            authgate::auth::verify_token(&rt, route, &token, now).is_ok(),
+            "{}",
+            a.label
+        );
+        g.bench_function(a.label, |b| {
+            b.iter(|| authgate::auth::verify_token(&rt, route, black_box(&token), now))
+        });
+    }
+    g.finish();
+
+    // Cached: SHA-256 of the token + a hit, over a pool of 1,000 tokens.
+    let mut g = c.benchmark_group("jwt_cached");
+    for a in &algs {
+        let tokens: Vec<String> = (0..POOL).map(|u| mint(a, u)).collect();
+        let cache = TokenCache::new(100_000, Duration::from_secs(300));
+        let keys = Arc::new(a.keys.clone());
+        for (u, t) in tokens.iter().enumerate() {
+            cache.insert(
+                TokenCache::key(t),
+                Arc::new(CachedToken {
+                    identity: identity(u),
+                    generation: 1,
+                    issuer: 0,
+                    keys: keys.clone(),
+                    expires_at: now_unix() + 86_400,
+                    valid_until: Instant::now() + Duration::from_secs(3_600),
+                }),
+            );
+        }
+        let mut i = 0usize;
+        g.bench_function(format!("{}/key+get", a.label), |b| {
+            b.iter(|| {
+                i = (i + 1) % POOL;
+                let k = TokenCache::key(black_box(&tokens[i]));
+                cache.get(&k).expect("hit").expires_at
+            })
+        });
+        let mut i = 0usize;
+        g.bench_function(format!("{}/sha256", a.label), |b| {
+            b.iter(|| {
+                i = (i + 1) % POOL;
+                TokenCache::key(black_box(&tokens[i]))
+            })
+        });
+        println!("{}: token length {} bytes", a.label, tokens[0].len());
+    }
+    g.finish();
+}
+
+fn cookie(c: &mut Criterion) {
+    let current = b"bench-session-secret-current-0123456789".to_vec();
+    let previous = b"bench-session-secret-previous-012345678".to_vec();
+    let value = sign_cookie("0123456789abcdefghijKLMNOPQRSTUV", &current).expect("sign");
+    let one = vec![current.clone()];
+    let two = vec![current, previous];
+    assert!(unsign(&value, &one).is_ok() && unsign(&value, &two).is_ok());
+    let mut g = c.benchmark_group("cookie");
+    g.bench_function("unsign/1 secret", |b| {
+        b.iter(|| unsign(black_box(&value), &one))
+    });
+    g.bench_function("unsign/2 secrets", |b| {
+        b.iter(|| unsign(black_box(&value), &two))
+    });
+    g.finish();
+}
+
+/// 1,000 routes: 400 exact paths (a third restricted to POST), 500
+/// prefixes at two depths, 50 host-bound prefixes, 49 wildcard-host
+/// prefixes and a catch-all `/` (the last, shortest prefix).
+fn route_table(catch_all: bool) -> Vec<Matcher> {
+    let mut m = Vec::with_capacity(1_000);
+    let s = |x: String| Some(x);
+    for i in 0..400 {
+        m.push(Matcher {
+            path: s(format!("/svc{:03}/exact/{i}", i % 250)),
+            methods: if i % 3 == 0 {
+                vec!["POST".into()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        });
+    }
+    for i in 0..250 {
+        m.push(Matcher {
+            path_prefix: s(format!("/svc{i:03}/")),
+            ..Default::default()
+        });
+        m.push(Matcher {
+            path_prefix: s(format!("/svc{i:03}/v2/items/")),
+            ..Default::default()
+        });
+    }
+    for i in 0..50 {
+        m.push(Matcher {
+            path_prefix: s(format!("/tenant/{i}/")),
+            host: s(format!("t{i}.example.com")),
+            ..Default::default()
+        });
+    }
+    for i in 0..49 {
+        m.push(Matcher {
+            path_prefix: s(format!("/w{i}/")),
+            host: s(format!("*.w{i}.example.org")),
+            ..Default::default()
+        });
+    }
+    if catch_all {
+        m.push(Matcher {
+            path_prefix: s("/".into()),
+            ..Default::default()
+        });
+    }
+    assert_eq!(m.len(), if catch_all { 1_000 } else { 999 });
+    m
+}
+
+fn router(c: &mut Criterion) {
+    let mut g = c.benchmark_group("router");
+    g.bench_function("new/1000 routes", |b| {
+        b.iter_batched(
+            || route_table(true),
+            Router::new,
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let r = Router::new(route_table(true));
+    let no_catch_all = Router::new(route_table(false));
+    // (name, host, method, path, expected route index)
+    let cases: [(&str, &Router, &str, &str, &str, Option<usize>); 7] = [
+        (
+            "exact",
+            &r,
+            "api.example.com",
+            "GET",
+            "/svc120/exact/370",
+            Some(370),
+        ),
+        (
+            "longest prefix (long)",
+            &r,
+            "api.example.com",
+            "GET",
+            "/svc120/v2/items/42",
+            Some(400 + 2 * 120 + 1),
+        ),
+        (
+            "prefix (short)",
+            &r,
+            "api.example.com",
+            "GET",
+            "/svc120/other",
+            Some(400 + 2 * 120),
+        ),
+        (
+            "host prefix",
+            &r,
+            "t17.example.com",
+            "GET",
+            "/tenant/17/x",
+            Some(917),
+        ),
+        (
+            "wildcard host",
+            &r,
+            "a.w30.example.org",
+            "GET",
+            "/w30/x",
+            Some(980),
+        ),
+        (
+            "catch-all",
+            &r,
+            "api.example.com",
+            "GET",
+            "/nothing",
+            Some(999),
+        ),
+        (
+            "no match (404)",
+            &no_catch_all,
+            "api.example.com",
+            "GET",
+            "/nothing",
+            None,
+        ),
+    ];
+    for (name, router, host, method, path, want) in cases {
+        assert_eq!(router.resolve(host, method, path), want, "{name}");
+        g.bench_function(format!("resolve/{name}"), |b| {
+            b.iter(|| router.resolve(black_box(host), black_box(method), black_box(path)))
+        });
+    }
+    g.finish();
+}
+
+fn metrics(c: &mut Criterion) {
+    let vec =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("bench_total", "bench"), &["result"])
+            .expect("counter");
+    let handle = vec.with_label_values(&["hit"]);
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("with_label_values+inc", |b| {
+        b.iter(|| vec.with_label_values(black_box(&["hit"])).inc())
+    });
+    g.bench_function("resolved handle inc", |b| b.iter(|| handle.inc()));
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(30);
+    targets = jwt, cookie, router, metrics
+}
+criterion_main!(benches);

@@ -1,0 +1,703 @@
+//! authgate on a real Redis Cluster (issue 10): every test starts three
+//! cluster-enabled `redis-server`s on free loopback ports, joins them with
+//! `redis-cli --cluster create` (three masters, no replicas), and runs two
+//! `authgate serve` instances with `store.kind = "redis_cluster"` and two of
+//! the three nodes as seeds.
+//!
+//! - sessions stored on every master validate on both instances, are served
+//!   from their caches, and a `DEL` made with `redis-cli -c` is seen by both
+//!   within 1 s (per-master client tracking);
+//! - a revocation (jti, subject, session) made on one instance is enforced by
+//!   the other within 1 s, and by an instance started afterwards;
+//! - a shared rate limit of 10 over 50 requests alternating between the two
+//!   instances lets exactly 10 through;
+//! - the sessions of 100 users spread over all three masters (the spread is
+//!   printed) and all validate;
+//! - a session whose slot is migrated to another master keeps validating
+//!   through `ASK` and then `MOVED`, and its changes are still seen within 1 s.
+
+mod common;
+
+use authgate::auth::session::sign_cookie;
+use common::cluster::{subscribers, tracking_clients, RedisCluster, RedisNode};
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789abcdef";
+const SESSION_SECRET: &str = "cluster-session-secret-0123456789abcdef";
+/// The revocation channel of database 0 (a cluster has only database 0).
+const CHANNEL: &str = "authgate:{revoked}:events:0";
+const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
+const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
+/// The contract's bound for a change to reach every instance.
+const ONE_SECOND: Duration = Duration::from_secs(1);
+const DAY_MS: i64 = 86_400_000;
+
+fn config(seeds: &[String]) -> String {
+    let urls = seeds
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"{BASE_CONFIG}
+[[routes]]
+name = "app"
+path_prefix = "/app/"
+upstream = "app"
+auth = "session"
+
+[[routes]]
+name = "login"
+path = "/login"
+upstream = "app"
+auth = "none"
+
+[[routes.rate_limits]]
+key = "ip"
+limit = 10
+window = "1m"
+count = "all"
+
+[admin]
+token_env = "AUTHGATE_ADMIN_TOKEN"
+
+[store]
+kind = "redis_cluster"
+urls = [{urls}]
+on_error = "deny"
+
+[sessions]
+cookie = "sid"
+secrets_env = ["SESSION_SECRET"]
+identity = {{ subject = "userId" }}
+"#
+    )
+}
+
+fn env() -> [(&'static str, &'static str); 3] {
+    [
+        HS_ENV,
+        ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SESSION_SECRET", SESSION_SECRET),
+    ]
+}
+
+/// Written straight to stderr, so it shows in the test output even when
+/// libtest captures `print!`.
+fn show(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A session of the test: its id, key, `Cookie` header and user.
+#[derive(Clone, Debug)]
+struct Session {
+    sid: String,
+    key: String,
+    cookie: String,
+    user: String,
+}
+
+impl Session {
+    fn new(tag: &str, user: &str) -> Session {
+        let sid = new_sid(tag);
+        let signed = sign_cookie(&sid, SESSION_SECRET.as_bytes()).expect("sign_cookie");
+        Session {
+            key: format!("sess:{sid}"),
+            cookie: format!("sid={signed}"),
+            user: user.to_string(),
+            sid,
+        }
+    }
+}
+
+/// Two gateways on one three-master cluster. Fields drop in order: the
+/// gateways go first, the cluster last.
+struct Fleet {
+    a: Gateway,
+    b: Gateway,
+    up: Upstream,
+    cluster: RedisCluster,
+    toml: String,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let cluster = RedisCluster::start(3);
+        let up = Upstream::start();
+        let toml = config(&cluster.seed_urls(2)).replace("{upstream}", &up.addr);
+        let a = Gateway::start(&toml, &env());
+        let b = Gateway::start(&toml, &env());
+        let f = Fleet {
+            a,
+            b,
+            up,
+            cluster,
+            toml,
+        };
+        // Ready (revocation mirror synced, store answering), subscribed, and
+        // tracking on every master: the 1 s bounds are about propagation, not
+        // about start-up.
+        for (_, gw) in f.both() {
+            wait_ready(gw);
+        }
+        f.wait_until(
+            "both instances subscribed to the revocation channel",
+            || {
+                f.cluster
+                    .nodes
+                    .iter()
+                    .map(|n| subscribers(&n.addr(), CHANNEL))
+                    .sum::<i64>()
+                    == 2
+            },
+        );
+        f.wait_until("both instances tracking every master", || {
+            f.cluster
+                .nodes
+                .iter()
+                .all(|n| tracking_clients(&n.addr()) == 2)
+        });
+        f
+    }
+
+    fn both(&self) -> [(&'static str, &Gateway); 2] {
+        [("A", &self.a), ("B", &self.b)]
+    }
+
+    #[track_caller]
+    fn wait_until(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        if poll_until(Duration::from_secs(15), || ok().then_some(())).is_none() {
+            panic!(
+                "not reached within 15 s: {what}\n--- A:\n{}{}\n--- B:\n{}{}",
+                self.a.stderr(),
+                self.a.logs(),
+                self.b.stderr(),
+                self.b.logs()
+            );
+        }
+    }
+
+    /// Stores a session as connect-redis does (`SET sess:<sid> <json> PX <a day>`),
+    /// through the cluster (following `MOVED`).
+    fn put(&self, s: &Session) {
+        let value = session_value(json!({ "userId": s.user }), DAY_MS, DAY_MS);
+        let ok = self
+            .cluster
+            .cmd(&["SET", &s.key, &value, "PX", &DAY_MS.to_string()]);
+        assert_eq!(ok, "OK");
+    }
+
+    /// New stored sessions until every master holds one: one per master, in node order.
+    fn one_session_per_master(&self, tag: &str) -> Vec<Session> {
+        let mut out: Vec<Option<Session>> = vec![None; self.cluster.nodes.len()];
+        for i in 0..1000 {
+            if out.iter().all(Option::is_some) {
+                break;
+            }
+            let s = Session::new(tag, &format!("{tag}-user-{i}"));
+            let port = self.cluster.owner(&s.key).port;
+            let idx = self
+                .cluster
+                .nodes
+                .iter()
+                .position(|n| n.port == port)
+                .unwrap();
+            if out[idx].is_none() {
+                self.put(&s);
+                out[idx] = Some(s);
+            }
+        }
+        out.into_iter()
+            .map(|s| s.expect("no session id hashed to some master in 1000 tries"))
+            .collect()
+    }
+
+    fn owner(&self, s: &Session) -> &RedisNode {
+        self.cluster.owner(&s.key)
+    }
+
+    /// Sends requests with the session to `gw` until one is answered from its
+    /// cache (no `GET` on the session's master), so later ones hit the cache.
+    #[track_caller]
+    fn warm(&self, gw: &Gateway, s: &Session) {
+        let owner = self.owner(s);
+        let warm = poll_until(Duration::from_secs(5), || {
+            assert_session_ok(gw, &self.up, s);
+            thread::sleep(Duration::from_millis(100));
+            let before = owner.command_calls("get");
+            assert_session_ok(gw, &self.up, s);
+            (owner.command_calls("get") == before).then_some(())
+        });
+        assert!(
+            warm.is_some(),
+            "{} never served session {} from its cache within 5 s",
+            gw.proxy_addr,
+            s.sid
+        );
+    }
+}
+
+#[track_caller]
+fn wait_ready(gw: &Gateway) {
+    let ready = poll_until(Duration::from_secs(15), || {
+        let r = gw.admin_get("/readyz");
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "{} not ready within 15 s: {}\n--- stderr:\n{}\n--- stdout:\n{}",
+        gw.admin_addr,
+        gw.admin_get("/readyz").text(),
+        gw.stderr(),
+        gw.logs()
+    );
+}
+
+fn app_get(gw: &Gateway, s: &Session) -> Response {
+    gw.get("/app/x", &[("Cookie", &s.cookie)])
+}
+
+/// 200, and the upstream saw the session's user as `X-Auth-Subject`.
+#[track_caller]
+fn assert_session_ok(gw: &Gateway, up: &Upstream, s: &Session) {
+    let r = app_get(gw, s);
+    assert_eq!(
+        r.status,
+        200,
+        "session {} ({}) on {}: {}",
+        s.sid,
+        s.user,
+        gw.proxy_addr,
+        r.text()
+    );
+    assert_eq!(
+        up.last().header("x-auth-subject").as_deref(),
+        Some(s.user.as_str()),
+        "subject of session {}",
+        s.sid
+    );
+}
+
+/// Polls every gateway of `gws` until each has answered `done`-true at least
+/// once; every request that saw the old state must have started within 1 s
+/// of `since`. Anything else than `done` or `still_old` fails at once.
+#[track_caller]
+fn wait_all_within_1s(
+    gws: &[(&str, &Gateway)],
+    since: Instant,
+    what: &str,
+    mut send: impl FnMut(&Gateway) -> Response,
+    done: impl Fn(&Response) -> bool,
+    still_old: impl Fn(&Response) -> bool,
+) {
+    let mut pending: Vec<(&str, &Gateway)> = gws.to_vec();
+    while !pending.is_empty() {
+        let mut next = Vec::new();
+        for (name, gw) in pending {
+            let sent = since.elapsed();
+            let r = send(gw);
+            if done(&r) {
+                show(&format!("{what}: seen by {name} after {sent:?}"));
+                continue;
+            }
+            assert!(
+                still_old(&r),
+                "{what}: unexpected answer from {name}: {} {}",
+                r.status,
+                r.text()
+            );
+            assert!(
+                sent < ONE_SECOND,
+                "{what}: {name} still answered {} {sent:?} after the change",
+                r.status
+            );
+            next.push((name, gw));
+        }
+        pending = next;
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn session_gone(r: &Response) -> bool {
+    r.status == 401 && r.json() == json!({"error": "invalid_token", "reason": "session_not_found"})
+}
+
+// ---------------------------------------------------------------------------
+// sessions
+
+#[test]
+fn sessions_on_every_master_validate_and_a_del_is_seen_within_1s_on_both() {
+    let f = Fleet::start();
+    let sessions = f.one_session_per_master("del");
+    for s in &sessions {
+        for (_, gw) in f.both() {
+            assert_session_ok(gw, &f.up, s);
+        }
+    }
+    // Cached on both: from here on only an invalidation pushed by the key's
+    // master can make an instance notice the DEL.
+    for s in &sessions {
+        for (_, gw) in f.both() {
+            f.warm(gw, s);
+        }
+    }
+    for s in &sessions {
+        let owner = f.owner(s).addr();
+        // redis-cli -c talks to the first node and follows MOVED to the owner.
+        assert_eq!(f.cluster.cli(&["DEL", &s.key]), "1", "DEL {}", s.key);
+        let deleted = Instant::now();
+        wait_all_within_1s(
+            &f.both(),
+            deleted,
+            &format!("DEL of a session on master {owner}"),
+            |gw| app_get(gw, s),
+            session_gone,
+            |r| r.status == 200,
+        );
+        for (name, gw) in f.both() {
+            assert!(
+                session_gone(&app_get(gw, s)),
+                "{name} accepts a deleted session again"
+            );
+        }
+    }
+    // The other sessions were not disturbed: a fresh one on every master works.
+    for s in &f.one_session_per_master("after") {
+        for (_, gw) in f.both() {
+            assert_session_ok(gw, &f.up, s);
+        }
+    }
+}
+
+#[test]
+fn sessions_of_many_users_spread_over_every_master() {
+    let f = Fleet::start();
+    let users: Vec<Session> = (0..100)
+        .map(|i| Session::new("spread", &format!("user-{i:03}")))
+        .collect();
+    for s in &users {
+        f.put(s);
+    }
+    let gets_before: Vec<u64> = f
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.command_calls("get"))
+        .collect();
+    for (i, s) in users.iter().enumerate() {
+        let gw = if i % 2 == 0 { &f.a } else { &f.b };
+        assert_session_ok(gw, &f.up, s);
+    }
+    let sizes = f.cluster.dbsizes();
+    let gets: Vec<u64> = f
+        .cluster
+        .nodes
+        .iter()
+        .zip(&gets_before)
+        .map(|(n, before)| n.command_calls("get") - before)
+        .collect();
+    let spread = sizes
+        .iter()
+        .zip(&gets)
+        .map(|((addr, n), g)| format!("{addr}: {n} keys, {g} GETs"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    show(&format!(
+        "sessions of {} users over {} masters: {spread}",
+        users.len(),
+        sizes.len()
+    ));
+    assert_eq!(
+        sizes.iter().map(|(_, n)| n).sum::<i64>(),
+        users.len() as i64,
+        "only the sessions are stored: {spread}"
+    );
+    for ((addr, n), g) in sizes.iter().zip(&gets) {
+        assert!(*n > 0, "master {addr} holds no session: {spread}");
+        assert!(*g > 0, "no instance read a session from {addr}: {spread}");
+    }
+    // Each key is on the master that owns its slot (not merely somewhere).
+    for s in users.iter().step_by(10) {
+        assert_eq!(f.owner(s).cmd(&["EXISTS", &s.key]), "1", "{}", s.key);
+    }
+}
+
+#[test]
+fn a_session_whose_slot_migrates_keeps_validating_through_ask_and_moved() {
+    let f = Fleet::start();
+    let s = f.one_session_per_master("mig").remove(0);
+    for (_, gw) in f.both() {
+        f.warm(gw, &s);
+    }
+    let slot = f.cluster.slot(&s.key);
+    let from = f.owner(&s).port;
+    let to = f.cluster.nodes.iter().find(|n| n.port != from).unwrap();
+
+    // Step 1: the key moved, the slot not yet: the old owner answers ASK. MIGRATE
+    // deleted the key there, so both caches drop it and read again through ASK.
+    let asking_before = to.command_calls("asking");
+    f.cluster.begin_migration(slot, to);
+    let direct = to.query(&["EXISTS", &s.key]);
+    assert!(
+        matches!(&direct, Resp::Error(e) if e.starts_with("MOVED")),
+        "the importing node answers MOVED without ASKING: {direct:?}"
+    );
+    let moved = Instant::now();
+    let followed = poll_until(Duration::from_secs(2), || {
+        for (_, gw) in f.both() {
+            assert_session_ok(gw, &f.up, &s);
+        }
+        (to.command_calls("asking") >= asking_before + 2).then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "the instances never read the migrating session with ASKING on {} \
+         ({} ASKING calls there; {:?} since MIGRATE)",
+        to.addr(),
+        to.command_calls("asking") - asking_before,
+        moved.elapsed()
+    );
+
+    // Step 2: the slot is the new owner's: every old slot map is stale (MOVED).
+    f.cluster.end_migration(slot, to);
+    assert_eq!(f.cluster.owner(&s.key).port, to.port);
+    // An overwrite by the application on the new master (another user now)
+    // reaches both caches within 1 s, and the reads after it follow MOVED.
+    let changed = Session {
+        user: format!("{}-changed", s.user),
+        ..s.clone()
+    };
+    f.put(&changed);
+    let written = Instant::now();
+    let up = &f.up;
+    wait_all_within_1s(
+        &f.both(),
+        written,
+        "an overwrite of a migrated session",
+        |gw| app_get(gw, &s),
+        |r| {
+            r.status == 200
+                && up.last().header("x-auth-subject").as_deref() == Some(changed.user.as_str())
+        },
+        |r| r.status == 200,
+    );
+    for (_, gw) in f.both() {
+        f.warm(gw, &changed);
+    }
+    assert_eq!(f.cluster.cli(&["DEL", &s.key]), "1");
+    let deleted = Instant::now();
+    wait_all_within_1s(
+        &f.both(),
+        deleted,
+        "DEL of a migrated session",
+        |gw| app_get(gw, &s),
+        session_gone,
+        |r| r.status == 200,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// revocation
+
+fn tok(sub: &str, jti: &str) -> String {
+    hs_token(&hs_claims(sub, json!({ "jti": jti })))
+}
+
+fn revoke(gw: &Gateway, body: &Value) -> Response {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        &gw.admin_addr,
+        "POST",
+        "/admin/revoke",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+}
+
+#[track_caller]
+fn revoke_ok(gw: &Gateway, body: &Value) {
+    let r = revoke(gw, body);
+    assert_eq!(
+        r.status,
+        200,
+        "revoke {body} on {}: {}",
+        gw.admin_addr,
+        r.text()
+    );
+}
+
+fn revoked(r: &Response) -> bool {
+    r.status == 401 && r.json() == json!({"error": "invalid_token", "reason": "revoked"})
+}
+
+#[track_caller]
+fn assert_passes(gw: &Gateway, token: &str, what: &str) {
+    let r = gw.get_bearer("/api/x", token);
+    assert_eq!(r.status, 200, "{what} on {}: {}", gw.proxy_addr, r.text());
+}
+
+#[track_caller]
+fn assert_revoked(gw: &Gateway, token: &str, what: &str) {
+    let r = gw.get_bearer("/api/x", token);
+    assert!(
+        revoked(&r),
+        "{what} on {}: expected 401 revoked, got {} {}",
+        gw.proxy_addr,
+        r.status,
+        r.text()
+    );
+}
+
+#[test]
+fn a_revocation_on_one_instance_is_enforced_by_the_other_within_1s() {
+    let f = Fleet::start();
+    // The revocation keys and the channel share one slot (one atomic step).
+    let slot = f.cluster.slot(REVOKED_JTIS);
+    assert_eq!(f.cluster.slot(REVOKED_SUBS), slot);
+    assert_eq!(f.cluster.slot(CHANNEL), slot);
+    let revocation_master = f.cluster.slot_owner(slot).port;
+
+    let t1 = tok("alice", "j1");
+    let t2 = tok("bob", "j2");
+    let t3 = tok("carol", "j3");
+    for (name, gw) in f.both() {
+        for t in [&t1, &t2, &t3] {
+            assert_passes(gw, t, &format!("before any revocation, on {name}"));
+        }
+    }
+
+    // jti, on A: A at once, B within 1 s.
+    let exp = token_part(&t1, 1)["exp"].as_i64().unwrap();
+    revoke_ok(&f.a, &json!({"jti": "j1", "exp": exp}));
+    let done = Instant::now();
+    assert_revoked(&f.a, &t1, "jti j1 on the instance that revoked it");
+    wait_all_within_1s(
+        &[("B", &f.b)],
+        done,
+        "jti j1 revoked on A",
+        |gw| gw.get_bearer("/api/x", &t1),
+        revoked,
+        |r| r.status == 200,
+    );
+    assert_eq!(
+        f.cluster.cmd(&["ZSCORE", REVOKED_JTIS, "j1"]),
+        exp.to_string()
+    );
+
+    // subject, on B: A within 1 s.
+    revoke_ok(&f.b, &json!({"sub": "bob"}));
+    let done = Instant::now();
+    assert_revoked(&f.b, &t2, "subject bob on the instance that revoked it");
+    wait_all_within_1s(
+        &[("A", &f.a)],
+        done,
+        "subject bob revoked on B",
+        |gw| gw.get_bearer("/api/x", &t2),
+        revoked,
+        |r| r.status == 200,
+    );
+    assert_eq!(f.cluster.cmd(&["HLEN", REVOKED_SUBS]), "1");
+
+    // session, on A, stored on a master other than the revocation keys' one:
+    // deleted there, announced on the channel; B within 1 s.
+    let s = f
+        .one_session_per_master("rev")
+        .into_iter()
+        .find(|s| f.owner(s).port != revocation_master)
+        .unwrap();
+    for (_, gw) in f.both() {
+        f.warm(gw, &s);
+    }
+    revoke_ok(&f.a, &json!({"session": s.sid}));
+    let done = Instant::now();
+    assert_eq!(
+        f.cluster.cmd(&["EXISTS", &s.key]),
+        "0",
+        "session key deleted"
+    );
+    wait_all_within_1s(
+        &f.both(),
+        done,
+        "session revoked on A",
+        |gw| app_get(gw, &s),
+        session_gone,
+        |r| r.status == 200,
+    );
+
+    // Nothing else was caught, on either instance.
+    for (name, gw) in f.both() {
+        assert_passes(gw, &t3, &format!("carol's token on {name}"));
+        assert_passes(
+            gw,
+            &tok("alice", "j1b"),
+            &format!("alice's other token on {name}"),
+        );
+    }
+
+    // An instance started now loads everything from the cluster.
+    let c = Gateway::start(&f.toml, &env());
+    wait_ready(&c);
+    assert_revoked(&c, &t1, "jti j1 on an instance started later");
+    assert_revoked(&c, &t2, "subject bob on an instance started later");
+    assert_passes(&c, &t3, "carol's token on an instance started later");
+    assert!(session_gone(&app_get(&c, &s)), "revoked session on C");
+}
+
+// ---------------------------------------------------------------------------
+// rate limits
+
+#[test]
+fn a_shared_rate_limit_of_10_lets_exactly_10_of_50_through_across_both() {
+    let f = Fleet::start();
+    let started = Instant::now();
+    let statuses: Vec<u16> = (0..50)
+        .map(|i| {
+            let gw = if i % 2 == 0 { &f.a } else { &f.b };
+            let r = gw.get("/login", &[]);
+            if r.status == 429 {
+                assert_error(&r, 429, "rate_limited", "rate_limited");
+                assert!(r.header("Retry-After").is_some(), "429 without Retry-After");
+            }
+            r.status
+        })
+        .collect();
+    let elapsed = started.elapsed();
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    // One more passes every 6 s: this holds as long as the 50 requests take less.
+    assert_eq!(
+        passed, 10,
+        "statuses {statuses:?} (50 requests in {elapsed:?}; one would refill after 6 s)"
+    );
+    assert!(
+        statuses[..10].iter().all(|s| *s == 200) && statuses[10..].iter().all(|s| *s == 429),
+        "statuses {statuses:?}"
+    );
+    assert_eq!(f.up.hits(), 10);
+    // The budget is one key, on the one master that owns the route's slot.
+    let holders: Vec<(String, usize)> = f
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let keys = n.cmd(&["KEYS", "authgate:rl:*"]);
+            (n.addr(), keys.lines().filter(|l| !l.is_empty()).count())
+        })
+        .collect();
+    assert_eq!(
+        holders.iter().filter(|(_, n)| *n > 0).count(),
+        1,
+        "rate-limit keys per master: {holders:?}"
+    );
+    assert_eq!(
+        holders.iter().map(|(_, n)| n).sum::<usize>(),
+        1,
+        "{holders:?}"
+    );
+}

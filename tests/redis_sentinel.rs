@@ -1,0 +1,349 @@
+//! authgate on Redis Sentinel (issue 10): a master, its replica and one
+//! sentinel (`sentinel monitor mymaster 127.0.0.1 <master port> 1`,
+//! `down-after-milliseconds 1000`, `failover-timeout 5000`), all on free
+//! loopback ports, and `authgate serve` with `store.kind = "redis_sentinel"`.
+//!
+//! Before the failover, sessions, revocations and a rate-limited route work
+//! through the master Sentinel names. Then a revocation is acknowledged (admin
+//! 200) and replicated, and the master is killed (SIGKILL). Sentinel promotes
+//! the replica, and without a restart authgate follows: the rate-limited route
+//! (`on_error = "deny"`) is back to 200/429 and counts on the new master, a new
+//! revocation is stored there, sessions are read from it and its `DEL`s are
+//! seen within 1 s. The revocation acknowledged before the failover is still
+//! enforced, by the running instance and by one started after the failover
+//! (which loads it from the new master).
+
+mod common;
+
+use authgate::auth::session::sign_cookie;
+use common::cluster::{subscribers, tracking_clients, SentinelSetup};
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "sentinel-admin-token-0123456789abcdef";
+const SESSION_SECRET: &str = "sentinel-session-secret-0123456789abcdef";
+const CHANNEL: &str = "authgate:{revoked}:events:0";
+const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
+/// How long the whole failover may take, from the kill to authgate serving
+/// normally again (down-after 1 s, election, promotion, reconnection).
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
+const ONE_SECOND: Duration = Duration::from_secs(1);
+const DAY_MS: i64 = 86_400_000;
+const LIMIT: usize = 5;
+
+fn config(sentinel_url: &str, master: &str) -> String {
+    format!(
+        r#"{BASE_CONFIG}
+[[routes]]
+name = "app"
+path_prefix = "/app/"
+upstream = "app"
+auth = "session"
+
+[[routes]]
+name = "limited"
+path = "/limited"
+upstream = "app"
+auth = "none"
+
+[[routes.rate_limits]]
+key = "header:X-Client"
+limit = {LIMIT}
+window = "1m"
+count = "all"
+
+[admin]
+token_env = "AUTHGATE_ADMIN_TOKEN"
+
+[store]
+kind = "redis_sentinel"
+sentinels = ["{sentinel_url}"]
+master = "{master}"
+on_error = "deny"
+
+[sessions]
+cookie = "sid"
+secrets_env = ["SESSION_SECRET"]
+identity = {{ subject = "userId" }}
+"#
+    )
+}
+
+fn env() -> [(&'static str, &'static str); 3] {
+    [
+        HS_ENV,
+        ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SESSION_SECRET", SESSION_SECRET),
+    ]
+}
+
+/// Written straight to stderr, so it shows in the test output even when
+/// libtest captures `print!`.
+fn show(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn tok(sub: &str, jti: &str) -> String {
+    hs_token(&hs_claims(sub, json!({ "jti": jti })))
+}
+
+fn exp_of(token: &str) -> i64 {
+    token_part(token, 1)["exp"].as_i64().unwrap()
+}
+
+fn revoke(gw: &Gateway, body: &Value) -> Response {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        &gw.admin_addr,
+        "POST",
+        "/admin/revoke",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn revoked(r: &Response) -> bool {
+    r.status == 401 && r.json() == json!({"error": "invalid_token", "reason": "revoked"})
+}
+
+#[track_caller]
+fn assert_passes(gw: &Gateway, token: &str, what: &str) {
+    let r = gw.get_bearer("/api/x", token);
+    assert_eq!(r.status, 200, "{what} on {}: {}", gw.proxy_addr, r.text());
+}
+
+#[track_caller]
+fn assert_revoked(gw: &Gateway, token: &str, what: &str) {
+    let r = gw.get_bearer("/api/x", token);
+    assert!(
+        revoked(&r),
+        "{what}: expected 401 revoked, got {} {}",
+        r.status,
+        r.text()
+    );
+}
+
+fn limited(gw: &Gateway, client: &str) -> Response {
+    gw.get("/limited", &[("X-Client", client)])
+}
+
+/// `LIMIT + 3` requests of a fresh client: exactly the first `LIMIT` pass.
+#[track_caller]
+fn assert_limit_enforced(gw: &Gateway, client: &str, what: &str) {
+    let statuses: Vec<u16> = (0..LIMIT + 3).map(|_| limited(gw, client).status).collect();
+    let mut want = vec![200; LIMIT];
+    want.extend([429; 3]);
+    assert_eq!(statuses, want, "{what}: client {client}");
+}
+
+#[track_caller]
+fn wait_ready(gw: &Gateway, within: Duration) {
+    let ready = poll_until(within, || {
+        let r = gw.admin_get("/readyz");
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "{} not ready within {within:?}: {}\n--- stderr:\n{}\n--- stdout:\n{}",
+        gw.admin_addr,
+        gw.admin_get("/readyz").text(),
+        gw.stderr(),
+        gw.logs()
+    );
+}
+
+#[test]
+fn failover_authgate_follows_the_promoted_replica_and_keeps_acknowledged_revocations() {
+    let mut s = SentinelSetup::start("mymaster");
+    let up = Upstream::start();
+    let toml = config(&s.sentinel_url(), &s.name).replace("{upstream}", &up.addr);
+    let gw = Gateway::start(&toml, &env());
+    wait_ready(&gw, Duration::from_secs(15));
+    let master = s.master.addr();
+    let diag = |s: &SentinelSetup, gw: &Gateway| {
+        format!(
+            "{}\n--- authgate stderr:\n{}\n--- authgate stdout:\n{}",
+            s.logs(),
+            gw.stderr(),
+            gw.logs()
+        )
+    };
+
+    // --- before: everything goes to the master Sentinel names.
+    let sid = new_sid("sentinel");
+    let key = format!("sess:{sid}");
+    let cookie = format!(
+        "sid={}",
+        sign_cookie(&sid, SESSION_SECRET.as_bytes()).unwrap()
+    );
+    let value = session_value(json!({"userId": "sam"}), DAY_MS, DAY_MS);
+    assert_eq!(
+        s.master
+            .cmd(&["SET", &key, &value, "PX", &DAY_MS.to_string()]),
+        "OK"
+    );
+    let r = gw.get("/app/x", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "session before the failover: {}", r.text());
+    assert_eq!(up.last().header("x-auth-subject").as_deref(), Some("sam"));
+    assert_limit_enforced(&gw, "before", "rate limit on the first master");
+
+    let t1 = tok("alice", "j1");
+    let t2 = tok("alice", "j2");
+    let t3 = tok("bob", "j3");
+    for t in [&t1, &t2, &t3] {
+        assert_passes(&gw, t, "before any revocation");
+    }
+    let r = revoke(&gw, &json!({"jti": "j1", "exp": exp_of(&t1)}));
+    assert_eq!(r.status, 200, "revoke j1: {}", r.text());
+    assert_revoked(&gw, &t1, "j1 right after its revocation");
+    assert_eq!(
+        s.master.cmd(&["ZSCORE", REVOKED_JTIS, "j1"]),
+        exp_of(&t1).to_string()
+    );
+    // Replication is asynchronous: wait until the replica has the revocation
+    // (and the session) before the master dies. Only then is it promised.
+    let replicated = poll_until(Duration::from_secs(5), || {
+        let score = s.replica.cmd(&["ZSCORE", REVOKED_JTIS, "j1"]);
+        let session = s.replica.cmd(&["EXISTS", &key]);
+        (score == exp_of(&t1).to_string() && session == "1").then_some(())
+    });
+    assert!(
+        replicated.is_some(),
+        "not replicated in 5 s:\n{}",
+        diag(&s, &gw)
+    );
+
+    // --- the master dies.
+    s.master.kill();
+    let killed = Instant::now();
+    let new_master = s.replica.addr();
+    let promoted = poll_until(FAILOVER_DEADLINE, || {
+        (s.master_addr().as_deref() == Some(new_master.as_str())).then_some(killed.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "sentinel did not promote {new_master} within {FAILOVER_DEADLINE:?} \
+             (it names {:?}):\n{}",
+            s.master_addr(),
+            diag(&s, &gw)
+        )
+    });
+    assert_eq!(
+        s.replica.info_field("replication", "role").as_deref(),
+        Some("master")
+    );
+
+    // --- authgate follows, without a restart: the rate-limited route is back
+    // to normal operation (200 or 429; 503 only while it cannot reach a master).
+    let mut seen = Vec::new();
+    let recovered = poll_until(FAILOVER_DEADLINE.saturating_sub(killed.elapsed()), || {
+        let r = limited(&gw, "probe");
+        seen.push(r.status);
+        match r.status {
+            200 | 429 => Some(killed.elapsed()),
+            503 => {
+                assert_error(&r, 503, "unavailable", "store_unavailable");
+                None
+            }
+            other => panic!(
+                "rate-limited route during the failover: {other} {}",
+                r.text()
+            ),
+        }
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the rate-limited route did not recover within {FAILOVER_DEADLINE:?} of the kill \
+             (statuses {seen:?}; sentinel names {:?}):\n{}",
+            s.master_addr(),
+            diag(&s, &gw)
+        )
+    });
+    show(&format!(
+        "failover: sentinel named {new_master} {promoted:?} after the kill of {master}; \
+         authgate served the rate-limited route again after {recovered:?} \
+         ({} requests answered 503 meanwhile)",
+        seen.iter().filter(|s| **s == 503).count()
+    ));
+    // Normal operation, counted on the new master.
+    assert_limit_enforced(&gw, "after", "rate limit on the promoted master");
+    let rl_keys = s.replica.cmd(&["KEYS", "authgate:rl:*"]);
+    assert!(
+        rl_keys.lines().count() >= 2,
+        "rate-limit keys on the new master: {rl_keys:?}"
+    );
+
+    // The revocation acknowledged before the failover: still enforced (the
+    // mirror), and still stored on the new master.
+    assert_revoked(&gw, &t1, "j1 after the failover");
+    assert_eq!(
+        s.replica.cmd(&["ZSCORE", REVOKED_JTIS, "j1"]),
+        exp_of(&t1).to_string()
+    );
+    // A new revocation succeeds and is stored on the new master.
+    let r = revoke(&gw, &json!({"jti": "j2", "exp": exp_of(&t2)}));
+    assert_eq!(r.status, 200, "revoke j2 after the failover: {}", r.text());
+    assert_revoked(&gw, &t2, "j2 right after its revocation");
+    assert_eq!(
+        s.replica.cmd(&["ZSCORE", REVOKED_JTIS, "j2"]),
+        exp_of(&t2).to_string()
+    );
+    assert_passes(&gw, &t3, "bob's token after the failover");
+
+    // Sessions come from the new master, and once the instance tracks it
+    // again, a DEL there is seen within 1 s.
+    let r = gw.get("/app/x", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "session after the failover: {}", r.text());
+    assert_eq!(up.last().header("x-auth-subject").as_deref(), Some("sam"));
+    let tracking = poll_until(Duration::from_secs(10), || {
+        (tracking_clients(&new_master) >= 1 && subscribers(&new_master, CHANNEL) >= 1).then_some(())
+    });
+    assert!(
+        tracking.is_some(),
+        "authgate never re-opened its tracking and revocation connections on {new_master}:\n{}",
+        diag(&s, &gw)
+    );
+    let warm = poll_until(Duration::from_secs(5), || {
+        assert_eq!(gw.get("/app/x", &[("Cookie", &cookie)]).status, 200);
+        thread::sleep(Duration::from_millis(100));
+        let before = s.replica.command_calls("get");
+        assert_eq!(gw.get("/app/x", &[("Cookie", &cookie)]).status, 200);
+        (s.replica.command_calls("get") == before).then_some(())
+    });
+    assert!(
+        warm.is_some(),
+        "the session is never cached after the failover"
+    );
+    assert_eq!(s.replica.cmd(&["DEL", &key]), "1");
+    let deleted = Instant::now();
+    let gone = poll_until(ONE_SECOND, || {
+        let r = gw.get("/app/x", &[("Cookie", &cookie)]);
+        (r.status != 200).then_some(r)
+    })
+    .expect("a session deleted on the new master was still accepted 1 s later");
+    assert_eq!(
+        gone.json(),
+        json!({"error": "invalid_token", "reason": "session_not_found"}),
+        "after {:?}",
+        deleted.elapsed()
+    );
+
+    // --- an instance restarted after the failover loads the revocations
+    // from the new master.
+    drop(gw);
+    let gw2 = Gateway::start(&toml, &env());
+    wait_ready(&gw2, Duration::from_secs(15));
+    assert_revoked(
+        &gw2,
+        &t1,
+        "j1 (before the failover) on a restarted instance",
+    );
+    assert_revoked(&gw2, &t2, "j2 (after the failover) on a restarted instance");
+    assert_passes(&gw2, &t3, "bob's token on a restarted instance");
+}
