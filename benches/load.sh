@@ -77,7 +77,7 @@ if ((${#need[@]})); then
 fi
 cpus=$(nproc)
 ((cpus >= 2)) || die "needs 2 cores (servers on one, wrk on the other); this machine has $cpus"
-haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')
+haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }' | cut -d- -f1)
 
 # --- build -----------------------------------------------------------------
 log "building target/release/authgate and the load tools (release)"
@@ -362,6 +362,9 @@ for a in "${ALGS[@]}"; do
   expect_200 "authgate $a" "$GW/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
 done
 row ag_pass "authgate pass-through (auth = none)" "$GW/none/"
+# The same route with the RS256 pool's Authorization header (not checked):
+# what the bigger request costs, apart from authentication.
+row ag_pass_tok "authgate pass-through + RS256 header, unchecked" "$GW/none/" "$TOK/RS256-pool.txt" bearer
 for a in "${ALGS[@]}"; do
   row "ag_pool_$a" "authgate $a, 1,000-token pool" "$GW/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer "" "$P_GWADM"
 done
@@ -550,23 +553,23 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
   echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once"
   echo
-  printf '| %-44s | %8s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
-  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "---------:" "--------:" "--------:" "---------:" "---------:" "-------"
+  printf '| %-50s | %8s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "---------:" "--------:" "--------:" "---------:" "---------:" "-------"
   while IFS='|' read -r key label rps p50 p99 note; do
     h=$(hap_of "$key")
-    printf '| %-44s | %8s | %7s | %7s | %8s | %8s | %s |\n' "$label" "$rps" "$p50" "$p99" \
+    printf '| %-50s | %8s | %7s | %7s | %8s | %8s | %s |\n' "$label" "$rps" "$p50" "$p99" \
       "$(ratio "$rps" "${RPS[ag_pass]}")" "$( [ -n "$h" ] && ratio "$rps" "${RPS[$h]:-}" || echo -)" "${note:--}"
   done <"$RES"
   if [ -s "$FIXED" ]; then
     echo
     echo "Fixed rate (open loop, latency from each request's due time; $FIXED_CONNS connections, ${DURATION}s after ${WARMUP}s):"
     echo
-    printf '| %-44s | %7s | %8s | %7s | %7s | %15s |\n' "row" "rate/s" "achieved" "p50 ms" "p99 ms" "p99 added vs pass"
-    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "--------:" "---------:" "--------:" "--------:" "------------------:"
+    printf '| %-50s | %7s | %8s | %7s | %7s | %18s |\n' "row" "rate/s" "achieved" "p50 ms" "p99 ms" "p99 added vs pass"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "--------:" "---------:" "--------:" "--------:" "------------------:"
     while IFS='|' read -r key label rate achieved p50 p99; do
       pp=${FX_P99[fx_pass_$rate]:-}
       added=$(awk -v a="$p99" -v b="$pp" 'BEGIN { if (b == "") print "-"; else printf "%+.3f ms", a - b }')
-      printf '| %-44s | %7s | %8s | %7s | %7s | %18s |\n' "$label" "$rate" "$achieved" "$p50" "$p99" "$added"
+      printf '| %-50s | %7s | %8s | %7s | %7s | %18s |\n' "$label" "$rate" "$achieved" "$p50" "$p99" "$added"
     done <"$FIXED"
   fi
   echo

@@ -600,10 +600,10 @@ fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
             );
         }
     }
-    if store.url.is_some() && kind == "memory" {
+    if store.url.is_some() && kind != "redis" {
         issues.at(
             "store.url",
-            "`url` belongs to kind = \"redis\" (the memory store has no URL)",
+            "`url` belongs to kind = \"redis\" (use `urls` for a cluster, `sentinels` + `master` for Sentinel)",
         );
     }
     if store.ca_file.is_some() {

@@ -13,8 +13,9 @@
 //!   instances lets exactly 10 through;
 //! - the sessions of 100 users spread over all three masters (the spread is
 //!   printed) and all validate;
-//! - a session whose slot is migrated to another master keeps validating
-//!   through `ASK` and then `MOVED`, and its changes are still seen within 1 s.
+//! - a session whose slot is being migrated to another master validates
+//!   through `ASK`; once the slot has moved, through `MOVED`, and its changes
+//!   are still seen within 1 s.
 
 mod common;
 
@@ -426,19 +427,24 @@ fn sessions_of_many_users_spread_over_every_master() {
     }
 }
 
-#[test]
-fn a_session_whose_slot_migrates_keeps_validating_through_ask_and_moved() {
-    let f = Fleet::start();
+/// A warm session on the first master, and the master it will move to.
+fn migration_setup(f: &Fleet) -> (Session, u16, &RedisNode) {
     let s = f.one_session_per_master("mig").remove(0);
     for (_, gw) in f.both() {
         f.warm(gw, &s);
     }
-    let slot = f.cluster.slot(&s.key);
     let from = f.owner(&s).port;
     let to = f.cluster.nodes.iter().find(|n| n.port != from).unwrap();
+    (s, f.cluster.slot(&s.key), to)
+}
 
-    // Step 1: the key moved, the slot not yet: the old owner answers ASK. MIGRATE
-    // deleted the key there, so both caches drop it and read again through ASK.
+#[test]
+fn a_session_in_a_slot_being_migrated_validates_through_ask() {
+    let f = Fleet::start();
+    let (s, slot, to) = migration_setup(&f);
+    // The key moved, the slot not yet: the old owner answers ASK for it, the
+    // new one MOVED unless asked with ASKING. MIGRATE deleted the key on the
+    // old owner, so both caches drop it and must read it again through ASK.
     let asking_before = to.command_calls("asking");
     f.cluster.begin_migration(slot, to);
     let direct = to.query(&["EXISTS", &s.key]);
@@ -446,27 +452,63 @@ fn a_session_whose_slot_migrates_keeps_validating_through_ask_and_moved() {
         matches!(&direct, Resp::Error(e) if e.starts_with("MOVED")),
         "the importing node answers MOVED without ASKING: {direct:?}"
     );
-    let moved = Instant::now();
+    assert_eq!(
+        f.cluster.cmd(&["EXISTS", &s.key]),
+        "1",
+        "EXISTS through ASK"
+    );
+    let migrated = Instant::now();
     let followed = poll_until(Duration::from_secs(2), || {
         for (_, gw) in f.both() {
             assert_session_ok(gw, &f.up, &s);
         }
-        (to.command_calls("asking") >= asking_before + 2).then_some(())
+        (to.command_calls("asking") >= asking_before + 3).then_some(())
     });
     assert!(
         followed.is_some(),
         "the instances never read the migrating session with ASKING on {} \
-         ({} ASKING calls there; {:?} since MIGRATE)",
+         ({} ASKING calls there besides the test's; {:?} since MIGRATE)",
         to.addr(),
-        to.command_calls("asking") - asking_before,
-        moved.elapsed()
+        to.command_calls("asking") - asking_before - 1,
+        migrated.elapsed()
     );
+    // A DEL there (through ASK) is seen within 1 s: the new owner's tracking.
+    assert_eq!(f.cluster.cmd(&["DEL", &s.key]), "1");
+    let deleted = Instant::now();
+    wait_all_within_1s(
+        &f.both(),
+        deleted,
+        "DEL of a session in a migrating slot",
+        |gw| app_get(gw, &s),
+        session_gone,
+        |r| r.status == 200,
+    );
+    f.cluster.end_migration(slot, to);
+}
 
-    // Step 2: the slot is the new owner's: every old slot map is stale (MOVED).
+#[test]
+fn a_session_whose_slot_moved_validates_through_moved_and_changes_are_seen_within_1s() {
+    let f = Fleet::start();
+    let (s, slot, to) = migration_setup(&f);
+    // The whole slot moves: every instance's slot map is stale (MOVED), and
+    // MIGRATE deleted the key on the old owner, so both caches drop it.
+    f.cluster.begin_migration(slot, to);
     f.cluster.end_migration(slot, to);
     assert_eq!(f.cluster.owner(&s.key).port, to.port);
+    let gets_before = to.command_calls("get");
+    for (_, gw) in f.both() {
+        assert_session_ok(gw, &f.up, &s);
+    }
+    assert!(
+        to.command_calls("get") > gets_before,
+        "the session was not read from its new master {}",
+        to.addr()
+    );
     // An overwrite by the application on the new master (another user now)
-    // reaches both caches within 1 s, and the reads after it follow MOVED.
+    // reaches both caches within 1 s.
+    for (_, gw) in f.both() {
+        f.warm(gw, &s);
+    }
     let changed = Session {
         user: format!("{}-changed", s.user),
         ..s.clone()
@@ -477,7 +519,7 @@ fn a_session_whose_slot_migrates_keeps_validating_through_ask_and_moved() {
     wait_all_within_1s(
         &f.both(),
         written,
-        "an overwrite of a migrated session",
+        "an overwrite of a moved session",
         |gw| app_get(gw, &s),
         |r| {
             r.status == 200
@@ -493,7 +535,7 @@ fn a_session_whose_slot_migrates_keeps_validating_through_ask_and_moved() {
     wait_all_within_1s(
         &f.both(),
         deleted,
-        "DEL of a migrated session",
+        "DEL of a moved session",
         |gw| app_get(gw, &s),
         session_gone,
         |r| r.status == 200,
