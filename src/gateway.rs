@@ -572,6 +572,15 @@ impl ProxyHttp for Gateway {
             peer.options.verify_cert = true;
             peer.options.verify_hostname = true;
             peer.options.ca = up.ca.clone();
+            // pingora's connection pool key ignores the CA: keep pooled TLS
+            // connections apart per upstream and per config, so a
+            // connection verified under one trust store never serves
+            // another (or a reloaded one).
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            up.name.hash(&mut h);
+            ctx.rt.as_ref().map(|rt| rt.generation).hash(&mut h);
+            peer.group_key = h.finish();
         }
         if ctx.upstream_start.is_none() {
             ctx.upstream_start = Some(Instant::now());

@@ -756,7 +756,34 @@ fn build_server(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> Option<Se
                 .map(std::io::BufReader::new)
                 .map(|mut r| rustls_pemfile::private_key(&mut r))
             {
-                Ok(Ok(Some(_))) => {}
+                Ok(Ok(Some(k))) => {
+                    // The listener would fail to start (in a thread that
+                    // cannot stop the process): prove the pair works here.
+                    if let Ok(chain) = read_certs(&cert) {
+                        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+                            chain.into_iter().map(Into::into).collect();
+                        let built = rustls::ServerConfig::builder_with_provider(Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            b.with_no_client_auth()
+                                .with_single_cert(chain, k)
+                                .map_err(|e| e.to_string())
+                        });
+                        if let Err(e) = built {
+                            issues.at(
+                                "server.tls.key_file",
+                                format!(
+                                    "`{}` does not fit the certificate in `{}`: {e}",
+                                    t.key_file, t.cert_file
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
                 Ok(_) => {
                     issues.at(
                         "server.tls.key_file",

@@ -195,15 +195,18 @@ impl State {
         for issuer in &mut new.issuers {
             if let KeySource::Remote(r) = &issuer.keys {
                 let same = old.issuers.iter().find_map(|o| match &o.keys {
-                    KeySource::Remote(or)
-                        if o.name == issuer.name && or.url == r.url && or.timing == r.timing =>
-                    {
+                    KeySource::Remote(or) if o.name == issuer.name && or.url == r.url => {
                         Some(or.clone())
                     }
                     _ => None,
                 });
-                if let Some(existing) = same {
-                    issuer.keys = KeySource::Remote(existing);
+                match same {
+                    Some(existing) if existing.timing == r.timing => {
+                        issuer.keys = KeySource::Remote(existing)
+                    }
+                    // New timing, same provider: keep serving the keys.
+                    Some(existing) => r.adopt_keys(&existing),
+                    None => {}
                 }
             }
         }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 const HANG: Duration = Duration::from_secs(5);
 /// From this far into a phase, the phase's "late" rules apply (the gateway
 /// has had time to notice the change).
-const SETTLE: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_millis(2500);
 
 fn config(redis_url: &str) -> String {
     format!(
@@ -141,7 +141,7 @@ fn allowed(kind: Kind, phase: Phase, late: bool) -> &'static [u16] {
 struct Record {
     kind: Kind,
     phase: Phase,
-    /// Still the same phase when the answer came.
+    /// No fault action happened while it ran.
     same_phase: bool,
     late: bool,
     status: Option<u16>,
@@ -149,12 +149,22 @@ struct Record {
     elapsed: Duration,
 }
 
+/// The current phase. Its generation changes just before each fault action
+/// and again once the new phase is set, so a request that overlapped an
+/// action (e.g. one waiting on a paused Redis that the resume answered) is
+/// not judged by either phase's rules.
 struct Clock {
     phase: AtomicUsize,
+    generation: AtomicUsize,
     since: Mutex<Instant>,
 }
 
 impl Clock {
+    /// Call before a fault action.
+    fn begin(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+    /// Call after it: the new phase starts now.
     fn set(&self, p: Phase) {
         let mut since = self.since.lock().unwrap();
         *since = Instant::now();
@@ -162,11 +172,16 @@ impl Clock {
             PHASES.iter().position(|x| *x == p).unwrap(),
             Ordering::SeqCst,
         );
+        self.generation.fetch_add(1, Ordering::SeqCst);
         eprintln!("chaos: phase {p:?}");
     }
-    fn now(&self) -> (Phase, Duration) {
+    fn now(&self) -> (Phase, usize, Duration) {
         let since = self.since.lock().unwrap();
-        (PHASES[self.phase.load(Ordering::SeqCst)], since.elapsed())
+        (
+            PHASES[self.phase.load(Ordering::SeqCst)],
+            self.generation.load(Ordering::SeqCst),
+            since.elapsed(),
+        )
     }
 }
 
@@ -212,6 +227,7 @@ fn redis_chaos_under_load() {
 
     let clock = Arc::new(Clock {
         phase: AtomicUsize::new(0),
+        generation: AtomicUsize::new(0),
         since: Mutex::new(Instant::now()),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -253,11 +269,11 @@ fn redis_chaos_under_load() {
                 };
                 let headers: Vec<(&str, &str)> =
                     header.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let (phase, into) = clock.now();
+                let (phase, generation, into) = clock.now();
                 let t = Instant::now();
                 let res = try_request(&addr, "GET", path, &headers, b"");
                 let elapsed = t.elapsed();
-                let (end_phase, _) = clock.now();
+                let (_, end_generation, _) = clock.now();
                 let (status, error) = match res {
                     Ok(r) => (Some(r.status), None),
                     Err(e) => (None, Some(e.to_string())),
@@ -265,7 +281,7 @@ fn redis_chaos_under_load() {
                 records.lock().unwrap().push(Record {
                     kind,
                     phase,
-                    same_phase: end_phase == phase,
+                    same_phase: end_generation == generation,
                     late: into >= SETTLE,
                     status,
                     error,
@@ -279,24 +295,31 @@ fn redis_chaos_under_load() {
     // The faults.
     let hold = |d: u64| thread::sleep(Duration::from_millis(d));
     hold(2500);
+    clock.begin();
     redis.kill();
     clock.set(Phase::Killed);
-    hold(3500);
+    hold(4500);
+    clock.begin();
     redis.restart(); // empty: no persistence
     clock.set(Phase::RestartedEmpty);
-    hold(3000);
+    hold(4000);
+    clock.begin();
     put_session(&redis);
     clock.set(Phase::Restarted);
     hold(3000);
+    clock.begin();
     redis.pause();
     clock.set(Phase::Paused);
-    hold(3500); // seven times the gateway's Redis timeout
+    hold(5000); // ten times the gateway's Redis timeout
+    clock.begin();
     redis.resume();
     clock.set(Phase::Resumed);
     hold(3000);
+    clock.begin();
     assert_eq!(redis.cmd(&["FLUSHALL"]), "OK");
     clock.set(Phase::Flushed);
-    hold(3000);
+    hold(4000);
+    clock.begin();
     put_session(&redis);
     clock.set(Phase::Restored);
     // Recovery: everything answers as in the steady state again.

@@ -499,6 +499,24 @@ fn a_kid_the_provider_never_has_is_unknown_key() {
 }
 
 #[test]
+fn a_token_without_kid_never_causes_a_fetch() {
+    let jwks = JwksServer::start(&jwks_doc(&[rs_jwk("k1")]));
+    let (gw, _up) = Gateway::with_upstream(&config(&jwks.url(), TIMING), &[ADMIN_ENV]);
+    wait_ready(&gw, 10);
+    let base = jwks.count();
+    // signed by rsa2 (k2), which the provider does not publish, and no kid
+    let t = sign(
+        Algorithm::RS256,
+        &rsa_key("rsa2_priv.pem"),
+        &claims(ISS, "mallory"),
+    );
+    for _ in 0..3 {
+        assert_invalid(&gw.get_bearer("/api/a", &t), "bad_signature", &t);
+    }
+    assert_eq!(jwks.count(), base, "a token without kid caused a fetch");
+}
+
+#[test]
 fn jwks_url_may_serve_oct_keys_for_hs256() {
     let secret = b"remote-oct-secret-0123456789abcdef0123";
     let jwks = JwksServer::start(

@@ -8,7 +8,9 @@
 //!   from their caches, and a `DEL` made with `redis-cli -c` is seen by both
 //!   within 1 s (per-master client tracking);
 //! - a revocation (jti, subject, session) made on one instance is enforced by
-//!   the other within 1 s, and by an instance started afterwards;
+//!   the other within 1 s, and by an instance started afterwards; also while
+//!   the revocation keys' slot is being migrated (`ASK`) and after it moved
+//!   to another master (`MOVED`);
 //! - a shared rate limit of 10 over 50 requests alternating between the two
 //!   instances lets exactly 10 through;
 //! - the sessions of 100 users spread over all three masters (the spread is
@@ -435,7 +437,8 @@ fn migration_setup(f: &Fleet) -> (Session, u16, &RedisNode) {
     }
     let from = f.owner(&s).port;
     let to = f.cluster.nodes.iter().find(|n| n.port != from).unwrap();
-    (s, f.cluster.slot(&s.key), to)
+    let slot = f.cluster.slot(&s.key);
+    (s, slot, to)
 }
 
 #[test]
@@ -690,6 +693,82 @@ fn a_revocation_on_one_instance_is_enforced_by_the_other_within_1s() {
     assert_revoked(&c, &t2, "subject bob on an instance started later");
     assert_passes(&c, &t3, "carol's token on an instance started later");
     assert!(session_gone(&app_get(&c, &s)), "revoked session on C");
+}
+
+/// Revokes `jti` on `on` (200) and waits until `other` rejects its token within 1 s.
+#[track_caller]
+fn revoke_jti_and_propagate(f: &Fleet, on: &str, jti: &str, what: &str) {
+    let (gw, other) = match on {
+        "A" => (&f.a, ("B", &f.b)),
+        _ => (&f.b, ("A", &f.a)),
+    };
+    let t = tok("dave", jti);
+    assert_passes(other.1, &t, &format!("{jti} before its revocation"));
+    revoke_ok(gw, &json!({"jti": jti, "exp": token_part(&t, 1)["exp"]}));
+    let done = Instant::now();
+    wait_all_within_1s(
+        &[other],
+        done,
+        &format!("{what}: jti {jti} revoked on {on}"),
+        |gw| gw.get_bearer("/api/x", &t),
+        revoked,
+        |r| r.status == 200,
+    );
+    assert!(
+        !f.cluster.cmd(&["ZSCORE", REVOKED_JTIS, jti]).is_empty(),
+        "{jti} stored"
+    );
+}
+
+/// The master the revocation slot moves to, and the slot.
+fn revocation_migration(f: &Fleet) -> (u16, &RedisNode) {
+    let slot = f.cluster.slot(REVOKED_JTIS);
+    let from = f.cluster.slot_owner(slot).port;
+    (
+        slot,
+        f.cluster.nodes.iter().find(|n| n.port != from).unwrap(),
+    )
+}
+
+#[test]
+fn revocations_keep_working_while_their_slot_is_being_migrated() {
+    let f = Fleet::start();
+    revoke_jti_and_propagate(&f, "A", "m1", "before the migration");
+    let (slot, to) = revocation_migration(&f);
+    // The keys moved, the slot not yet: the old owner answers ASK.
+    f.cluster.begin_migration(slot, to);
+    revoke_jti_and_propagate(&f, "B", "m2", "while the slot migrates (ASK)");
+    // An instance started now can load the mirror through ASK.
+    let c = Gateway::start(&f.toml, &env());
+    wait_ready(&c);
+    for j in ["m1", "m2"] {
+        assert_revoked(
+            &c,
+            &tok("dave", j),
+            &format!("{j} on an instance started mid-migration"),
+        );
+    }
+    f.cluster.end_migration(slot, to);
+}
+
+#[test]
+fn revocations_keep_working_after_their_slot_moved_to_another_master() {
+    let f = Fleet::start();
+    revoke_jti_and_propagate(&f, "A", "m1", "before the move");
+    let (slot, to) = revocation_migration(&f);
+    f.cluster.begin_migration(slot, to);
+    f.cluster.end_migration(slot, to);
+    assert_eq!(f.cluster.slot_owner(slot).port, to.port);
+    // Every running instance's slot map is stale now (MOVED).
+    revoke_jti_and_propagate(&f, "A", "m2", "after the move (MOVED)");
+    revoke_jti_and_propagate(&f, "B", "m3", "after the move (MOVED)");
+    revoke_ok(&f.a, &json!({"sub": "erin"}));
+    assert_eq!(f.cluster.cmd(&["HLEN", REVOKED_SUBS]), "1");
+    assert_eq!(
+        to.cmd(&["ZCARD", REVOKED_JTIS]),
+        "3",
+        "all on the new owner"
+    );
 }
 
 // ---------------------------------------------------------------------------

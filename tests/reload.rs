@@ -198,6 +198,7 @@ fn reload_changes_require_and_the_admin_token() {
             .status,
         200
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

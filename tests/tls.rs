@@ -388,6 +388,7 @@ fn check_rejects_unusable_tls_files() {
     );
     let (code, stderr) = check(&dir, &text);
     assert_eq!(code, 0, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -427,4 +428,5 @@ fn serve_refuses_a_key_that_does_not_match_the_certificate() {
         )
     });
     assert!(!status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

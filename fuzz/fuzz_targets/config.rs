@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
             let lines = text.split('\n').count();
             for err in &e.errors {
                 assert!(err.line >= 1 && err.col >= 1, "{err:?}");
-                assert!(err.line <= lines.max(1), "{err:?} past the end ({lines} lines)");
+                assert!(
+                    err.line <= lines.max(1),
+                    "{err:?} past the end ({lines} lines)"
+                );
             }
             let shown = e.to_string();
             assert!(shown.starts_with("fuzz.toml:"), "{shown}");

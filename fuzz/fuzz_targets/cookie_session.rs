@@ -38,16 +38,20 @@ fn reference_sid(raw: &str) -> Option<String> {
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
         .unwrap_or(raw);
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?;
     let signed = decoded.strip_prefix("s:")?;
     let dot = signed.rfind('.')?;
     let (sid, sig) = (&signed[..dot], &signed[dot + 1..]);
-    SECRETS.iter().any(|s| {
-        let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(s).unwrap();
-        m.update(sid.as_bytes());
-        STANDARD_NO_PAD.encode(m.finalize().into_bytes()) == sig
-    })
-    .then(|| sid.to_string())
+    SECRETS
+        .iter()
+        .any(|s| {
+            let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(s).unwrap();
+            m.update(sid.as_bytes());
+            STANDARD_NO_PAD.encode(m.finalize().into_bytes()) == sig
+        })
+        .then(|| sid.to_string())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -26,7 +26,8 @@ fn keys() -> &'static (KeySet, AlgSet) {
             &include_bytes!("../../tests/fixtures/ec384_pub.pem")[..],
             &include_bytes!("../../tests/fixtures/ed25519_pub.pem")[..],
         ] {
-            set.keys.push(public_key_from_pem(pem).expect("fixture PEM"));
+            set.keys
+                .push(public_key_from_pem(pem).expect("fixture PEM"));
         }
         let allowed = set.algs();
         (set, allowed)
@@ -77,7 +78,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             matches!(
                 alg.as_str(),
-                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+                "RS256"
+                    | "RS384"
+                    | "RS512"
+                    | "PS256"
+                    | "PS384"
+                    | "PS512"
+                    | "ES256"
+                    | "ES384"
+                    | "EdDSA"
             ),
             "verified with alg {alg:?}"
         );

@@ -64,11 +64,19 @@ fuzz_target!(|input: Input| {
     let ip = if input.v6 {
         IpAddr::V6(Ipv6Addr::from(input.ip))
     } else {
-        IpAddr::V4(Ipv4Addr::new(input.ip[0], input.ip[1], input.ip[2], input.ip[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            input.ip[0],
+            input.ip[1],
+            input.ip[2],
+            input.ip[3],
+        ))
     };
     let mut headers = HeaderMap::new();
     for (k, v) in input.headers.iter().take(8) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
             headers.append(k, v);
         }
     }

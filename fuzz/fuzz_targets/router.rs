@@ -84,7 +84,10 @@ fuzz_target!(|input: Input| {
     let router = Router::new(matchers.clone());
     let host = host_of(input.host_header.as_deref());
     if let Some(h) = input.host_header.as_deref() {
-        assert!(h.contains(host), "host_of({h:?}) = {host:?} is not part of it");
+        assert!(
+            h.contains(host),
+            "host_of({h:?}) = {host:?} is not part of it"
+        );
     }
     match normalize(&input.path) {
         Ok(p) => {

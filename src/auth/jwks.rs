@@ -172,24 +172,45 @@ impl RemoteKeys {
     /// fetch finished while this request waited its turn or the cooldown
     /// since the last unknown-kid fetch has not passed. Returns whether new
     /// keys are in place.
-    pub async fn refetch_for_unknown_kid(&self) -> Option<Result<usize, FetchError>> {
+    pub async fn refetch_for_unknown_kid(&self) -> Refetch {
         let seen = self.generation.load(Ordering::Acquire);
         let _single = self.fetch_lock.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
-            return Some(Ok(0));
+            return Refetch::Refreshed;
         }
         {
             let Ok(mut last) = self.last_unknown_kid_fetch.lock() else {
-                return None;
+                return Refetch::Skipped;
             };
             if last.is_some_and(|t| t.elapsed() < self.timing.cooldown) {
-                return None;
+                return Refetch::Skipped;
             }
             *last = Some(Instant::now());
         }
-        Some(self.fetch_locked().await)
+        Refetch::Fetched(self.fetch_locked().await)
+    }
+
+    /// Starts from another key set's keys (a reload that only retunes
+    /// timing keeps serving what was loaded).
+    pub fn adopt_keys(&self, other: &RemoteKeys) {
+        if let Some(k) = other.keys.load_full() {
+            self.keys.store(Some(k));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
+
+/// What an unknown-kid re-fetch did.
+pub enum Refetch {
+    /// This request fetched (counted in metrics).
+    Fetched(Result<usize, FetchError>),
+    /// Another request's fetch finished while this one waited.
+    Refreshed,
+    /// Within the cooldown: no fetch.
+    Skipped,
+}
+
+impl RemoteKeys {}
 
 /// `max-age=N` from a Cache-Control value.
 pub fn max_age(cache_control: &str) -> Option<Duration> {

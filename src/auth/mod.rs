@@ -75,7 +75,8 @@ async fn verify_with_refetch(
                 return Err(Reason::UnknownKey);
             };
             match remote.refetch_for_unknown_kid().await {
-                Some(Ok(_)) => {
+                jwks::Refetch::Refreshed => verify_token(rt, route, token, jwt::now_unix()),
+                jwks::Refetch::Fetched(Ok(_)) => {
                     state
                         .metrics
                         .jwks_refresh
@@ -83,7 +84,7 @@ async fn verify_with_refetch(
                         .inc();
                     verify_token(rt, route, token, jwt::now_unix())
                 }
-                Some(Err(e)) => {
+                jwks::Refetch::Fetched(Err(e)) => {
                     state
                         .metrics
                         .jwks_refresh
@@ -92,7 +93,7 @@ async fn verify_with_refetch(
                     tracing::warn!(issuer = remote.issuer.as_str(), error = %e, "JWKS re-fetch for an unknown kid failed");
                     Err(Reason::UnknownKey)
                 }
-                None => Err(Reason::UnknownKey),
+                jwks::Refetch::Skipped => Err(Reason::UnknownKey),
             }
         }
         other => other,

@@ -284,21 +284,16 @@ impl RedisCluster {
             .map(|_| {
                 RedisNode::start("cluster", |port, dir| {
                     let mut a = base_args(port, dir);
-                    a.extend(
-                        [
-                            "--cluster-enabled".to_string(),
-                            "yes".to_string(),
-                            "--cluster-config-file".to_string(),
-                            dir.join(format!("nodes-{port}.conf"))
-                                .to_string_lossy()
-                                .into_owned(),
-                            "--cluster-port".to_string(),
-                            free_port().to_string(),
-                            "--cluster-node-timeout".to_string(),
-                            "5000".to_string(),
-                        ]
-                        .into_iter(),
-                    );
+                    a.extend([
+                        "--cluster-enabled".to_string(),
+                        "yes".to_string(),
+                        "--cluster-config-file".to_string(),
+                        dir.join(format!("nodes-{port}.conf"))
+                            .to_string_lossy()
+                            .into_owned(),
+                        "--cluster-port".to_string(),
+                        free_port().to_string(),
+                    ]);
                     a
                 })
             })

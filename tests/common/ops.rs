@@ -641,6 +641,7 @@ srv.serve_forever()
 pub struct TlsEchoServer {
     pub addr: String,
     child: Child,
+    dir: PathBuf,
 }
 
 impl TlsEchoServer {
@@ -668,6 +669,7 @@ impl TlsEchoServer {
         TlsEchoServer {
             addr: format!("127.0.0.1:{port}"),
             child,
+            dir,
         }
     }
 }
@@ -676,6 +678,7 @@ impl Drop for TlsEchoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
