@@ -32,7 +32,9 @@
 #
 # Env: DURATION (10) WARMUP (2) CONNS (32) DISTINCT (200000 tokens per
 # algorithm) SERVER_CPU (0) CLIENT_CPU (1) FIXED_RATE (1: run the fixed-rate
-# part) FIXED_CONNS (32) OUT (target/bench-load/last-run.txt).
+# part) FIXED_CONNS (32) OUT (target/bench-load/last-run.txt) PRIORITY (unset:
+# a nice value for every benchmarked process, e.g. -10 on a machine shared
+# with other work, so neighbours disturb the run less; needs root).
 # Exits non-zero if a component cannot be installed, built or started, or a
 # row answers anything but 200.
 set -euo pipefail
@@ -51,6 +53,14 @@ OUT=${OUT:-$ROOT/target/bench-load/last-run.txt}
 FIX=$ROOT/tests/fixtures
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 LUA=$ROOT/benches/load/creds.lua
+PRIORITY=${PRIORITY:-}
+# Pinning (and, with PRIORITY, a nice value) for servers and load generator.
+ON_SERVER=(taskset -c "$SERVER_CPU")
+ON_CLIENT=(taskset -c "$CLIENT_CPU")
+if [ -n "$PRIORITY" ]; then
+  ON_SERVER=(nice -n "$PRIORITY" "${ON_SERVER[@]}")
+  ON_CLIENT=(nice -n "$PRIORITY" "${ON_CLIENT[@]}")
+fi
 
 die() {
   echo "load.sh: $*" >&2
@@ -178,7 +188,7 @@ nginx_conf "$WORK/up" "  server {
     listen 127.0.0.1:$P_UP;
     location / { default_type text/plain; return 200 \"ok\n\"; }
   }"
-taskset -c "$SERVER_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -e "$WORK/up/error.log" &
+"${ON_SERVER[@]}" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -e "$WORK/up/error.log" &
 PID_UP=$!
 PIDS+=("$PID_UP")
 wait_http "http://127.0.0.1:$P_UP/" "$PID_UP" "upstream nginx" "$WORK/up/error.log"
@@ -243,13 +253,13 @@ row() {
   [ -n "$creds" ] || script=("$url")
   [ -n "$warm" ] || wscript=("$url")
   log "row: $label"
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${wscript[@]}" >"$WORK/warm.out" 2>&1 ||
+  "${ON_CLIENT[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${wscript[@]}" >"$WORK/warm.out" 2>&1 ||
     die "$label: wrk warm-up failed: $(cat "$WORK/warm.out")"
   if [ -n "$adm" ]; then
     h0=$(metric "$adm" 'authgate_token_cache_total{result="hit"}')
     m0=$(metric "$adm" 'authgate_token_cache_total{result="miss"}')
   fi
-  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" 2>&1) ||
+  out=$("${ON_CLIENT[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" 2>&1) ||
     die "$label: wrk failed: $out"
   echo "== $label" >>"$WORK/wrk.log"
   echo "$out" >>"$WORK/wrk.log"
@@ -289,7 +299,7 @@ nginx_conf "$WORK/px" "  upstream app { server 127.0.0.1:$P_UP; keepalive 64; }
       proxy_set_header Connection \"\";
     }
   }"
-taskset -c "$SERVER_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
+"${ON_SERVER[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
 PID_NGX=$!
 PIDS+=("$PID_NGX")
 wait_http "http://127.0.0.1:$P_NGX/" "$PID_NGX" "nginx proxy" "$WORK/px/error.log"
@@ -348,7 +358,7 @@ start_gw() { # NAME CONFIG ADMIN_PORT [ENV...] -> sets GW_PID
   shift 3
   env "$@" "$AUTHGATE" check --config "$cfg" >/dev/null 2>"$WORK/$name.check" ||
     die "$name: invalid config: $(cat "$WORK/$name.check")"
-  env "$@" taskset -c "$SERVER_CPU" "$AUTHGATE" serve --config "$cfg" >/dev/null 2>"$WORK/$name.err" &
+  env "$@" "${ON_SERVER[@]}" "$AUTHGATE" serve --config "$cfg" >/dev/null 2>"$WORK/$name.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
   wait_http "http://127.0.0.1:$adm/readyz" "$GW_PID" "authgate ($name)" "$WORK/$name.err"
@@ -391,7 +401,7 @@ stop_pid "$GW_PID" INT
 
 # Sessions: Redis + 1,000 express-session cookies.
 log "starting redis-server on 127.0.0.1:$P_REDIS"
-taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no \
+"${ON_SERVER[@]}" redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no \
   --daemonize no --logfile "$WORK/redis.log" &
 PID_REDIS=$!
 PIDS+=("$PID_REDIS")
@@ -468,7 +478,7 @@ backend app
   server up 127.0.0.1:$P_UP
 EOF
 haproxy -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy.check" 2>&1 || die "HAProxy config: $(cat "$WORK/haproxy.check")"
-taskset -c "$SERVER_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+"${ON_SERVER[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 PID_HAP=$!
 PIDS+=("$PID_HAP")
 HAP=http://127.0.0.1:$P_HAP
@@ -496,7 +506,7 @@ fixed() { # KEY LABEL ADDR PATH RATE [TOKENS [KIND]]
   local extra=()
   [ -n "$toks" ] && extra=(--tokens "$toks" --kind "$kind")
   log "fixed rate $rate/s: $label"
-  out=$(taskset -c "$CLIENT_CPU" "$TOOLS" rate --addr "$addr" --path "$path" --rate "$rate" --secs "$DURATION" \
+  out=$("${ON_CLIENT[@]}" "$TOOLS" rate --addr "$addr" --path "$path" --rate "$rate" --secs "$DURATION" \
     --warmup "$WARMUP" --conns "$FIXED_CONNS" "${extra[@]}") || die "$label: fixed-rate client failed"
   local p50 p99 achieved non200
   p50=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p50_ms" { print $2 }')
@@ -551,7 +561,7 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
   echo "  machine: $cpus x $(lscpu 2>/dev/null | awk -F: '/Model name/ && !n++ { gsub(/^ +/, "", $2); print $2 }'), $(uname -r); servers on core $SERVER_CPU, wrk on core $CLIENT_CPU"
   echo "  load average at start: $LOAD_START   at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
-  echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once"
+  echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once${PRIORITY:+; every benchmarked process at nice $PRIORITY}"
   echo
   printf '| %-50s | %8s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
   printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "---------:" "--------:" "--------:" "---------:" "---------:" "-------"

@@ -13,7 +13,10 @@
 //! enforced after every one of them (FLUSHALL and an empty restart included:
 //! the gateway's local mirror keeps them). Afterwards everything recovers.
 //!
-//! One test, about 40 s.
+//! Also: Redis `AUTH` with `requirepass` and with an ACL user (`redis://:pw@`,
+//! `redis://user:pw@`), and a wrong password failing closed.
+//!
+//! About 40 s in all.
 
 mod common;
 
@@ -428,4 +431,164 @@ fn redis_chaos_under_load() {
         (gw.admin_get("/readyz").status == 200).then_some(())
     });
     assert!(ready.is_some(), "/readyz not 200 after recovery");
+}
+
+// ---------------------------------------------------------------------------
+// Redis AUTH
+
+/// A redis-server with `requirepass` and an ACL user, killed on drop.
+struct AuthRedis {
+    port: u16,
+    child: std::process::Child,
+    _dir: std::path::PathBuf,
+}
+
+const REQUIREPASS: &str = "chaos-requirepass-0123456789";
+const ACL_USER: &str = "gateway";
+const ACL_PASS: &str = "chaos-acl-pass-0123456789";
+
+impl AuthRedis {
+    fn start() -> AuthRedis {
+        let dir = temp_dir("redis-auth");
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--requirepass", REQUIREPASS])
+            // an ACL user with every command and key, as a deployment would
+            // give the gateway (narrower ACLs are the operator's choice)
+            .args([
+                "--user",
+                ACL_USER,
+                "on",
+                &format!(">{ACL_PASS}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let r = AuthRedis {
+            port,
+            child,
+            _dir: dir,
+        };
+        let up = poll_until(Duration::from_secs(10), || {
+            r.cmds(&[&["AUTH", REQUIREPASS], &["PING"]])
+                .ok()
+                .filter(|v| v.last().map(String::as_str) == Some("PONG"))
+        });
+        assert!(up.is_some(), "redis-server with requirepass did not start");
+        r
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Several commands over one connection; the replies as text (errors
+    /// as `-ERR ...`).
+    fn cmds(&self, cmds: &[&[&str]]) -> std::io::Result<Vec<String>> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let s = std::net::TcpStream::connect(self.addr())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = Vec::new();
+        for args in cmds {
+            req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in *args {
+                req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+            }
+        }
+        (&s).write_all(&req)?;
+        let mut r = BufReader::new(s);
+        let mut out = Vec::new();
+        for _ in cmds {
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            let line = line.trim_end().to_string();
+            if let Some(n) = line.strip_prefix('$') {
+                let n: i64 = n.parse().unwrap_or(-1);
+                if n < 0 {
+                    out.push(String::new());
+                } else {
+                    let mut b = vec![0; n as usize + 2];
+                    r.read_exact(&mut b)?;
+                    out.push(String::from_utf8_lossy(&b[..n as usize]).into_owned());
+                }
+            } else {
+                out.push(line.trim_start_matches(['+', ':']).to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for AuthRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis://:password@` (requirepass) and `redis://user:password@` (ACL)
+/// both work for sessions, rate limits, revocations and `/readyz`; a wrong
+/// password fails closed (503), never open.
+#[test]
+fn redis_auth_with_requirepass_and_an_acl_user() {
+    let redis = AuthRedis::start();
+    let sid = new_sid("auth");
+    let v = session_value(json!({"userId": "ava"}), 86_400_000, 86_400_000);
+    let key = format!("sess:{sid}");
+    let set = redis
+        .cmds(&[&["AUTH", REQUIREPASS], &["SET", &key, &v, "PX", "86400000"]])
+        .unwrap();
+    assert_eq!(set, vec!["OK", "OK"]);
+    let cookie = format!("sid={}", session_cookie(&sid, SESSION_SECRET_CURRENT));
+    let env = [HS_ENV, SESSION_ENV[0], ADMIN_ENV];
+    for url in [
+        format!("redis://:{REQUIREPASS}@{}/0", redis.addr()),
+        format!("redis://{ACL_USER}:{ACL_PASS}@{}/0", redis.addr()),
+    ] {
+        let (gw, _up) = Gateway::with_upstream(&config(&url), &env);
+        let r = gw.get("/app/x", &[("Cookie", &cookie)]);
+        assert_eq!(r.status, 200, "{url}: session: {}", r.text());
+        assert_eq!(gw.get("/login", &[]).status, 200, "{url}: rate limit");
+        let r = gw.admin_post(
+            "/admin/revoke",
+            ADMIN_TOKEN,
+            &json!({"jti": format!("auth-{}", url.len()), "exp": now() + 60}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{url}: revoke: {}", r.text());
+        assert_eq!(gw.admin_get("/readyz").status, 200, "{url}: readyz");
+        let logs = gw.logs() + &gw.stderr();
+        assert!(
+            !logs.contains(REQUIREPASS) && !logs.contains(ACL_PASS),
+            "the Redis password is in the logs"
+        );
+    }
+    // A wrong password: fail closed.
+    let url = format!("redis://{ACL_USER}:wrong-password@{}/0", redis.addr());
+    let cfg = config(&url).replace("{upstream}", &dead_addr());
+    let gw = Gateway::start(&cfg, &env);
+    let r = gw.get("/app/x", &[("Cookie", &cookie)]);
+    assert_eq!(
+        r.status,
+        503,
+        "wrong Redis password, session route: {}",
+        r.text()
+    );
+    assert_eq!(
+        gw.get("/login", &[]).status,
+        503,
+        "wrong Redis password, rate limit"
+    );
+    assert_eq!(gw.admin_get("/readyz").status, 503);
+    assert!(
+        !gw.logs().contains("wrong-password"),
+        "the Redis password is in the logs"
+    );
 }

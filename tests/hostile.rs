@@ -117,17 +117,32 @@ fn assert_alive(gw: &Gateway) {
     assert_eq!(r.status, 200, "a normal client is not served: {}", r.text());
 }
 
-/// The soft limit on open files of this process (children inherit it).
-fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(1024)
+/// The (soft, hard) limits on open files of this process (children inherit
+/// them).
+fn fd_limits() -> (usize, usize) {
+    let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("Max open files"));
+    let mut nums = line
+        .into_iter()
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|w| w.parse::<usize>().ok());
+    let soft = nums.next().unwrap_or(1024);
+    (soft, nums.next().unwrap_or(soft))
+}
+
+/// Raises the soft open-files limit towards `want` (at most the hard limit)
+/// with `prlimit`, before the gateway is started; returns the soft limit now.
+fn raise_fd_limit(want: usize) -> usize {
+    let (soft, hard) = fd_limits();
+    if soft < want && hard > soft {
+        let to = want.min(hard);
+        let _ = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={to}:{hard}"))
+            .status();
+    }
+    fd_limits().0
 }
 
 // ---------------------------------------------------------------------------
@@ -228,10 +243,11 @@ fn slowloris_is_cut_off() {
 /// out; the gateway keeps serving and stays healthy.
 #[test]
 fn thousands_of_idle_connections() {
-    let (gw, _up) = start();
     // the gateway and this test each hold one fd per connection
-    let n = 2000.min(fd_limit().saturating_sub(200) / 2);
-    assert!(n >= 500, "fd limit {} too low for this test", fd_limit());
+    let limit = raise_fd_limit(8192);
+    let n = 2000.min(limit.saturating_sub(300));
+    assert!(n >= 500, "open-files limit {limit} too low for this test");
+    let (gw, _up) = start();
     let mut idle = Vec::with_capacity(n);
     for i in 0..n {
         match TcpStream::connect(&gw.proxy_addr) {
@@ -661,4 +677,129 @@ fn underscore_spellings_of_identity_headers_are_removed() {
         "underscore spellings reached the upstream: {:?}",
         last.headers
     );
+}
+
+// ---------------------------------------------------------------------------
+// absurd durations in the config
+
+/// Finding F1 (docs/security.md): a duration past what a monotonic clock can
+/// add (about 292 billion years) passes `authgate check`, and then
+/// `[token_cache] max_ttl` panics the request task on every cache insert
+/// (each JWT request's connection is dropped), while a huge `leeway` wraps to
+/// a negative number (every token `expired`). Such a config must be refused
+/// by `check`, or be harmless. Ignored until fixed in src/.
+#[test]
+#[ignore = "finding F1: absurd durations pass check and break every JWT request"]
+fn absurd_durations_are_refused_or_harmless() {
+    let up = Upstream::start();
+    for (section, key) in [("[token_cache]", "max_ttl"), ("[issuers.hs]", "leeway")] {
+        let cfg = config().replace("{upstream}", &up.addr);
+        let cfg = if section == "[issuers.hs]" {
+            cfg.replace("leeway = \"30s\"", "leeway = \"300000000000y\"")
+        } else {
+            format!("{cfg}\n{section}\n{key} = \"300000000000y\"\n")
+        };
+        let dir = temp_dir("absurd");
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, render(&cfg, "127.0.0.1:1", "127.0.0.1:2")).unwrap();
+        let out = run_cli(
+            &["check", "--config", path.to_str().unwrap()],
+            &[HS_ENV],
+            &dir,
+        );
+        if out.status.code() == Some(2) {
+            continue; // refused: fine
+        }
+        let gw = Gateway::start(&cfg, &[HS_ENV]);
+        let r = try_request(
+            &gw.proxy_addr,
+            "GET",
+            "/api/x",
+            &[("Authorization", &format!("Bearer {}", token()))],
+            b"",
+        );
+        assert!(
+            matches!(&r, Ok(r) if r.status == 200),
+            "{key} = \"300000000000y\" passed check, then a valid token got {:?}",
+            r.map(|r| (r.status, r.text()))
+        );
+    }
+}
+
+/// Finding F6 (docs/security.md): only `.`/`..` segments (and `%2e` forms)
+/// are refused. Paths that some backends resolve to a parent anyway pass and
+/// are routed by their literal prefix: `..;` (Tomcat/Spring path
+/// parameters), encoded slashes and backslashes. Behind such a backend,
+/// `/public/..;/api/x` is authorized as the public route and served as
+/// `/api/x`. Ignored until the gateway refuses them (400) or routes on the
+/// resolved path.
+#[test]
+#[ignore = "finding F6: `..;`, %2f and backslash paths are routed by their literal prefix"]
+fn backend_resolvable_dot_segments_are_refused() {
+    let (gw, up) = start();
+    for path in [
+        "/public/..;/api/x",
+        "/public/..;jsessionid=1/api/x",
+        "/public/%2e%2e;/api/x",
+        "/public/..%2fapi/x",
+        "/public/..%2Fapi/x",
+        "/public/..%5capi/x",
+        "/public/..\\api/x",
+    ] {
+        let r = gw.get(path, &[]);
+        assert!(
+            r.status == 400 || r.status == 401,
+            "{path}: {} (routed as the public route)",
+            r.status
+        );
+    }
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+}
+
+// ---------------------------------------------------------------------------
+// rate-limit keys from request bodies
+
+/// Finding F2 (docs/security.md): for a JSON body longer than the prefix the
+/// gateway reads (8 KiB), the first of two `username` keys decides the
+/// rate-limit key, while the backend (JSON.parse, serde_json) takes the last.
+/// A brute-forcer varies the first and never meets the victim's budget.
+/// Ignored until fixed in src/.
+#[test]
+#[ignore = "finding F2: duplicate JSON keys in a long body evade a json: rate-limit key"]
+fn duplicate_json_keys_do_not_evade_a_username_limit() {
+    let cfg = config()
+        + r#"
+[[routes]]
+name = "login"
+path = "/login"
+upstream = "app"
+auth = "none"
+
+[[routes.rate_limits]]
+key = "json:username"
+limit = 1
+window = "1m"
+"#;
+    let (gw, _up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
+    let json = [("Content-Type", "application/json")];
+    let first = request(
+        &gw.proxy_addr,
+        "POST",
+        "/login",
+        &json,
+        br#"{"username":"victim","password":"guess-0"}"#,
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    for i in 1..4 {
+        let body = format!(
+            r#"{{"username":"random-{i}","username":"victim","password":"guess-{i}","pad":"{}"}}"#,
+            "x".repeat(9000)
+        );
+        let r = request(&gw.proxy_addr, "POST", "/login", &json, body.as_bytes());
+        assert!(
+            matches!(r.status, 429 | 400 | 413),
+            "attempt {i} on the victim's exhausted budget got {}",
+            r.status
+        );
+    }
 }

@@ -433,10 +433,11 @@ impl Store for RedisStore {
 
     async fn get_session(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let (json, pttl): (Option<String>, i64) = redis::pipe()
-            .get(key)
-            .pttl(key)
-            .query_async(&mut conn)
+        // One command (a script), not a pipeline: a cluster slot being
+        // migrated answers ASK for one command at a time.
+        let (json, pttl): (Option<String>, i64) = SESSION_GET
+            .key(key)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
         Ok(json.map(|json| SessionRecord {
@@ -468,26 +469,15 @@ impl Store for RedisStore {
 
     async fn revoke(&self, r: &Revocation, session_key: Option<&str>) -> Result<(), StoreError> {
         let msg = serde_json::to_string(r).map_err(unavailable)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match r {
-            Revocation::Jti { jti, exp } => {
-                pipe.zadd(REVOKED_JTIS, jti, *exp)
-                    .ignore()
-                    .cmd("ZREMRANGEBYSCORE")
-                    .arg(REVOKED_JTIS)
-                    .arg("-inf")
-                    .arg(crate::auth::jwt::now_unix())
-                    .ignore();
-            }
+        let mut conn = self.conn().await?;
+        let (kind, member, value) = match r {
+            Revocation::Jti { jti, exp } => ("jti", jti.clone(), *exp),
             Revocation::Sub { sub, iss, before } => {
-                pipe.hset(REVOKED_SUBS, sub_field(sub, iss.as_deref()), *before)
-                    .ignore();
+                ("sub", sub_field(sub, iss.as_deref()), *before)
             }
             Revocation::Session { .. } => {
                 // The session key lives in its own cluster slot: delete it
                 // first (client tracking tells every cache), then announce.
-                let mut conn = self.conn().await?;
                 if let Some(k) = session_key {
                     redis::cmd("DEL")
                         .arg(k)
@@ -502,22 +492,28 @@ impl Store for RedisStore {
                     .await
                     .map_err(|e| self.failed(e));
             }
-        }
-        pipe.publish(&self.channel, msg).ignore();
-        let mut conn = self.conn().await?;
-        pipe.exec_async(&mut conn).await.map_err(|e| self.failed(e))
+        };
+        REVOKE
+            .key(REVOKED_JTIS)
+            .key(REVOKED_SUBS)
+            .arg(kind)
+            .arg(member)
+            .arg(value)
+            .arg(crate::auth::jwt::now_unix())
+            .arg(&self.channel)
+            .arg(msg)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))
     }
 
     async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
         let mut conn = self.conn().await?;
-        let (jtis, subs): (Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
-            .cmd("ZRANGEBYSCORE")
-            .arg(REVOKED_JTIS)
+        let (jtis, subs): (Vec<(String, String)>, Vec<(String, String)>) = LOAD_REVOCATIONS
+            .key(REVOKED_JTIS)
+            .key(REVOKED_SUBS)
             .arg(format!("({now}"))
-            .arg("+inf")
-            .arg("WITHSCORES")
-            .hgetall(REVOKED_SUBS)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
         let mut out = Vec::with_capacity(jtis.len() + subs.len());
@@ -593,6 +589,37 @@ impl Store for RedisStore {
             .map_err(|e| self.failed(e))
     }
 }
+
+/// A session and its TTL in one command.
+static SESSION_GET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
+});
+
+/// Every revocation in force, in one command.
+static LOAD_REVOCATIONS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "return {redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES'), redis.call('HGETALL', KEYS[2])}",
+    )
+});
+
+/// Records a jti or subject revocation and announces it, atomically, in
+/// one command (a cluster reshard redirects single commands cleanly; a
+/// MULTI block it does not). KEYS: the jti set, the subject hash. ARGV:
+/// kind, member or field, score or value, now, channel, message.
+static REVOKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if ARGV[1] == 'jti' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"#,
+    )
+});
 
 /// GCRA over every cell of a request, all or nothing, on Redis's clock.
 /// KEYS: one per cell; ARGV: per cell emission_us, window_us, consume.

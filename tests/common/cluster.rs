@@ -14,7 +14,7 @@
 use super::{free_port, read_resp, redis_query, temp_dir, Resp};
 use std::fs;
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -39,10 +39,19 @@ impl RedisNode {
     /// stderr to `redis.log` there) and waits until it answers `PING`. When
     /// the process exits during start-up (a port taken meanwhile), tries new ports.
     pub fn start(tag: &str, args: impl Fn(u16, &Path) -> Vec<String>) -> RedisNode {
+        RedisNode::start_on(tag, free_port, args)
+    }
+
+    /// [`RedisNode::start`] on ports chosen by `pick`.
+    pub fn start_on(
+        tag: &str,
+        pick: impl Fn() -> u16,
+        args: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> RedisNode {
         let dir = temp_dir(tag);
         let mut last = String::new();
         for _ in 0..4 {
-            let port = free_port();
+            let port = pick();
             let log = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -276,13 +285,13 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts `n` nodes (`--cluster-enabled yes --cluster-config-file
-    /// <dir>/nodes-P.conf`, and a free `--cluster-port` for the bus, since
-    /// P + 10000 may be out of range for an ephemeral P), creates the cluster,
-    /// and waits until every node reports `cluster_state:ok` and knows all `n`.
+    /// <dir>/nodes-P.conf`, on ports P whose bus port P + 10000 is free too),
+    /// creates the cluster, and waits until every node reports
+    /// `cluster_state:ok` and knows all `n`.
     pub fn start(n: usize) -> RedisCluster {
         let nodes: Vec<RedisNode> = (0..n)
             .map(|_| {
-                RedisNode::start("cluster", |port, dir| {
+                RedisNode::start_on("cluster", cluster_port, |port, dir| {
                     let mut a = base_args(port, dir);
                     a.extend([
                         "--cluster-enabled".to_string(),
@@ -291,8 +300,6 @@ impl RedisCluster {
                         dir.join(format!("nodes-{port}.conf"))
                             .to_string_lossy()
                             .into_owned(),
-                        "--cluster-port".to_string(),
-                        free_port().to_string(),
                     ]);
                     a
                 })
@@ -497,6 +504,17 @@ impl RedisCluster {
         assert_eq!(to.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "OK");
         for n in self.nodes.iter().filter(|n| n.port != to.port) {
             assert_eq!(n.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "OK");
+        }
+    }
+}
+
+/// A free loopback port P whose cluster bus port P + 10000 is free too (the
+/// default bus offset; `--cluster-port` would need Redis 7).
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
         }
     }
 }
