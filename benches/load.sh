@@ -30,11 +30,13 @@
 # counted. Tokens are minted by benches/load/tools.rs (jsonwebtoken) from the
 # keys in tests/fixtures and kept under target/bench-load/tokens for 12 hours.
 #
-# Env: DURATION (10) WARMUP (2) CONNS (32) DISTINCT (200000 tokens per
-# algorithm) SERVER_CPU (0) CLIENT_CPU (1) FIXED_RATE (1: run the fixed-rate
-# part) FIXED_CONNS (32) OUT (target/bench-load/last-run.txt) PRIORITY (unset:
-# a nice value for every benchmarked process, e.g. -10 on a machine shared
-# with other work, so neighbours disturb the run less; needs root).
+# Env: ROUNDS (1: times every row is measured, servers restarted each round;
+# the table shows the means and the range), DURATION (10), WARMUP (2), CONNS
+# (32), DISTINCT (200000 tokens per algorithm), SERVER_CPU (0), CLIENT_CPU (1),
+# FIXED_RATE (1: run the fixed-rate part), FIXED_CONNS (32), OUT
+# (target/bench-load/last-run.txt), PRIORITY (unset: a nice value for every
+# benchmarked process, e.g. -10 on a machine shared with other work, so
+# neighbours disturb the run less; needs root).
 # Exits non-zero if a component cannot be installed, built or started, or a
 # row answers anything but 200.
 set -euo pipefail
@@ -49,6 +51,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 FIXED_RATE=${FIXED_RATE:-1}
 FIXED_CONNS=${FIXED_CONNS:-32}
+ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-$ROOT/target/bench-load/last-run.txt}
 FIX=$ROOT/tests/fixtures
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -226,10 +229,14 @@ SESSION_SECRET=bench-session-secret-0123456789abcdef
   --cookies "$WORK/cookies.txt" --resp "$WORK/sessions.resp" || die "session generation failed"
 
 # --- results ---------------------------------------------------------------
-# One line per row: key|label|rps|p50|p99|non2xx|sockerr|wraps|note
+# One line per row and round: round|key|label|rps|p50|p99|note
 RES=$WORK/results
 : >"$RES"
-declare -A RPS P50 P99 LABEL NOTE
+declare -A RPS P50 P99 LABEL NOTE ALL_RPS ALL_P50 ALL_P99
+KEYS=()
+ROUND=1
+mean() { echo "$@" | awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf (s / NF >= 100 ? "%.0f" : "%.3f"), s / NF }'; }
+spread() { echo "$@" | awk '{ lo = $1; hi = $1; for (i = 2; i <= NF; i++) { if ($i < lo) lo = $i; if ($i > hi) hi = $i }; if (NF == 1) print "-"; else printf "%.0f-%.0f", lo, hi }'; }
 
 to_ms() { # "1.23ms" / "850.00us" / "1.02s" -> ms
   awk -v v="$1" 'BEGIN {
@@ -282,14 +289,18 @@ row() {
     die "$label: $non2xx non-2xx responses: the row is not measuring what it claims"
   fi
   if [ -n "$sockerr" ] && [ "$sockerr" != 0 ]; then note="${note:+$note; }socket errors $sockerr"; fi
-  RPS[$key]=$rps P50[$key]=$p50 P99[$key]=$p99 LABEL[$key]=$label NOTE[$key]=$note
-  echo "$key|$label|$rps|$p50|$p99|$note" >>"$RES"
-  log "  $rps req/s  p50 $p50 ms  p99 $p99 ms  $note"
+  [ -n "${LABEL[$key]:-}" ] || KEYS+=("$key")
+  LABEL[$key]=$label
+  ALL_RPS[$key]+="$rps " ALL_P50[$key]+="$p50 " ALL_P99[$key]+="$p99 "
+  [ -n "$note" ] && NOTE[$key]+="${NOTE[$key]:+ / }$note"
+  RPS[$key]=$(mean ${ALL_RPS[$key]})
+  P50[$key]=$(mean ${ALL_P50[$key]})
+  P99[$key]=$(mean ${ALL_P99[$key]})
+  echo "$ROUND|$key|$label|$rps|$p50|$p99|$note" >>"$RES"
+  log "  round $ROUND: $rps req/s  p50 $p50 ms  p99 $p99 ms  $note"
 }
 
-# --- nginx -----------------------------------------------------------------
-row ngx_up "nginx upstream directly" "http://127.0.0.1:$P_UP/"
-
+# --- configs (once) ---------------------------------------------------------
 nginx_conf "$WORK/px" "  upstream app { server 127.0.0.1:$P_UP; keepalive 64; }
   server {
     listen 127.0.0.1:$P_NGX;
@@ -299,14 +310,7 @@ nginx_conf "$WORK/px" "  upstream app { server 127.0.0.1:$P_UP; keepalive 64; }
       proxy_set_header Connection \"\";
     }
   }"
-"${ON_SERVER[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
-PID_NGX=$!
-PIDS+=("$PID_NGX")
-wait_http "http://127.0.0.1:$P_NGX/" "$PID_NGX" "nginx proxy" "$WORK/px/error.log"
-row ngx_px "nginx proxy_pass (baseline)" "http://127.0.0.1:$P_NGX/none/"
-stop_pid "$PID_NGX"
 
-# --- authgate --------------------------------------------------------------
 gw_conf() { # FILE LISTEN ADMIN EXTRA
   cat >"$1" <<EOF
 [server]
@@ -365,41 +369,13 @@ start_gw() { # NAME CONFIG ADMIN_PORT [ENV...] -> sets GW_PID
 }
 
 gw_conf "$WORK/gw.toml" "$P_GW" "$P_GWADM" ""
-start_gw gw "$WORK/gw.toml" "$P_GWADM"
-GW=http://127.0.0.1:$P_GW
-expect_200 "authgate pass-through" "$GW/none/"
-for a in "${ALGS[@]}"; do
-  expect_200 "authgate $a" "$GW/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
-done
-row ag_pass "authgate pass-through (auth = none)" "$GW/none/"
-# The same route with the RS256 pool's Authorization header (not checked):
-# what the bigger request costs, apart from authentication.
-row ag_pass_tok "authgate pass-through + RS256 header, unchecked" "$GW/none/" "$TOK/RS256-pool.txt" bearer
-for a in "${ALGS[@]}"; do
-  row "ag_pool_$a" "authgate $a, 1,000-token pool" "$GW/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer "" "$P_GWADM"
-done
-for a in "${ALGS[@]}"; do
-  # Warm-up on the pool (other tokens), so every measured token is new.
-  row "ag_dist_$a" "authgate $a, every token distinct" "$GW/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
-    "$TOK/$a-pool.txt" "$P_GWADM"
-done
-stop_pid "$GW_PID" INT
-
-# The same gateway with no request log line (what the log costs).
-start_gw gwq "$WORK/gw.toml" "$P_GWADM" RUST_LOG=warn
-row ag_pass_quiet "authgate pass-through, request log off" "$GW/none/"
-stop_pid "$GW_PID" INT
-
-# Cache off: every request verifies (the 1,000-token pool).
 gw_conf "$WORK/gw-nocache.toml" "$P_GW2" "$P_GW2ADM" $'\n[token_cache]\nsize = 0'
-start_gw gwnc "$WORK/gw-nocache.toml" "$P_GW2ADM"
+GW=http://127.0.0.1:$P_GW
 GW2=http://127.0.0.1:$P_GW2
-for a in "${ALGS[@]}"; do
-  row "ag_nc_$a" "authgate $a, cache off (size = 0), pool" "$GW2/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
-done
-stop_pid "$GW_PID" INT
+HAP=http://127.0.0.1:$P_HAP
+HAP_ALGS=(HS256 RS256 ES256)
 
-# Sessions: Redis + 1,000 express-session cookies.
+# Sessions: a Redis with 1,000 express-session sessions (connect-redis JSON).
 log "starting redis-server on 127.0.0.1:$P_REDIS"
 "${ON_SERVER[@]}" redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no \
   --daemonize no --logfile "$WORK/redis.log" &
@@ -439,12 +415,6 @@ path_prefix = "/sess/"
 upstream = "app"
 auth = "session"
 EOF
-start_gw sess "$WORK/sess.toml" "$P_SESSADM" \
-  AG_BENCH_SESSION_SECRET="$SESSION_SECRET"
-expect_200 "authgate session" "http://127.0.0.1:$P_SESS/sess/" "Cookie: sessionId=$(head -1 "$WORK/cookies.txt")"
-row ag_sess "authgate session, 1,000 sessions" "http://127.0.0.1:$P_SESS/sess/" "$WORK/cookies.txt" cookie
-stop_pid "$GW_PID" INT
-stop_pid "$PID_REDIS"
 
 # --- HAProxy ---------------------------------------------------------------
 HS_SECRET=$(cat "$HS_SECRET_FILE") # like a secret_file: without the trailing newline
@@ -478,24 +448,77 @@ backend app
   server up 127.0.0.1:$P_UP
 EOF
 haproxy -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy.check" 2>&1 || die "HAProxy config: $(cat "$WORK/haproxy.check")"
-"${ON_SERVER[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-PID_HAP=$!
-PIDS+=("$PID_HAP")
-HAP=http://127.0.0.1:$P_HAP
-wait_http "$HAP/none/" "$PID_HAP" "haproxy" "$WORK/haproxy.log"
-HAP_ALGS=(HS256 RS256 ES256)
-for a in "${HAP_ALGS[@]}"; do
-  expect_200 "HAProxy $a" "$HAP/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
-  bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")x" "$HAP/${PFX[$a]}/")
-  [ "$bad" = 403 ] || die "HAProxy $a: a tampered token got $bad, expected 403 (jwt_verify not effective)"
+start_hap() { # -> PID_HAP
+  "${ON_SERVER[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  PID_HAP=$!
+  PIDS+=("$PID_HAP")
+  wait_http "$HAP/none/" "$PID_HAP" "haproxy" "$WORK/haproxy.log"
+}
+
+# --- the rows, ROUNDS times (every server restarted each round) -------------
+for round in $(seq "$ROUNDS"); do
+  ROUND=$round
+  row ngx_up "nginx upstream directly" "http://127.0.0.1:$P_UP/"
+
+  "${ON_SERVER[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
+  PID_NGX=$!
+  PIDS+=("$PID_NGX")
+  wait_http "http://127.0.0.1:$P_NGX/" "$PID_NGX" "nginx proxy" "$WORK/px/error.log"
+  row ngx_px "nginx proxy_pass (baseline)" "http://127.0.0.1:$P_NGX/none/"
+  stop_pid "$PID_NGX"
+
+  start_gw gw "$WORK/gw.toml" "$P_GWADM"
+  expect_200 "authgate pass-through" "$GW/none/"
+  for a in "${ALGS[@]}"; do
+    expect_200 "authgate $a" "$GW/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
+  done
+  row ag_pass "authgate pass-through (auth = none)" "$GW/none/"
+  # The same route with the RS256 pool's Authorization header (not checked):
+  # what the bigger request costs, apart from authentication.
+  row ag_pass_tok "authgate pass-through + RS256 header, unchecked" "$GW/none/" "$TOK/RS256-pool.txt" bearer
+  for a in "${ALGS[@]}"; do
+    row "ag_pool_$a" "authgate $a, 1,000-token pool" "$GW/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer "" "$P_GWADM"
+  done
+  for a in "${ALGS[@]}"; do
+    # Warm-up on the pool (other tokens), so every measured token is new.
+    row "ag_dist_$a" "authgate $a, every token distinct" "$GW/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
+      "$TOK/$a-pool.txt" "$P_GWADM"
+  done
+  stop_pid "$GW_PID" INT
+
+  # The same gateway with no request log line (what the log costs).
+  start_gw gwq "$WORK/gw.toml" "$P_GWADM" RUST_LOG=warn
+  row ag_pass_quiet "authgate pass-through, request log off" "$GW/none/"
+  stop_pid "$GW_PID" INT
+
+  # Cache off: every request verifies (the 1,000-token pool).
+  start_gw gwnc "$WORK/gw-nocache.toml" "$P_GW2ADM"
+  for a in "${ALGS[@]}"; do
+    row "ag_nc_$a" "authgate $a, cache off (size = 0), pool" "$GW2/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
+  done
+  stop_pid "$GW_PID" INT
+
+  start_gw sess "$WORK/sess.toml" "$P_SESSADM" AG_BENCH_SESSION_SECRET="$SESSION_SECRET"
+  expect_200 "authgate session" "http://127.0.0.1:$P_SESS/sess/" "Cookie: sessionId=$(head -1 "$WORK/cookies.txt")"
+  row ag_sess "authgate session, 1,000 sessions" "http://127.0.0.1:$P_SESS/sess/" "$WORK/cookies.txt" cookie
+  stop_pid "$GW_PID" INT
+
+  start_hap
+  for a in "${HAP_ALGS[@]}"; do
+    expect_200 "HAProxy $a" "$HAP/${PFX[$a]}/" "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")"
+    bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$TOK/$a-pool.txt")x" "$HAP/${PFX[$a]}/")
+    [ "$bad" = 403 ] || die "HAProxy $a: a tampered token got $bad, expected 403 (jwt_verify not effective)"
+  done
+  for a in "${HAP_ALGS[@]}"; do
+    row "hap_pool_$a" "HAProxy $haproxy_version $a, 1,000-token pool" "$HAP/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
+  done
+  for a in "${HAP_ALGS[@]}"; do
+    row "hap_dist_$a" "HAProxy $haproxy_version $a, every token distinct" "$HAP/${PFX[$a]}/" \
+      "$TOK/$a-distinct.txt" bearer "$TOK/$a-pool.txt"
+  done
+  stop_pid "$PID_HAP"
 done
-for a in "${HAP_ALGS[@]}"; do
-  row "hap_pool_$a" "HAProxy $haproxy_version $a, 1,000-token pool" "$HAP/${PFX[$a]}/" "$TOK/$a-pool.txt" bearer
-done
-for a in "${HAP_ALGS[@]}"; do
-  row "hap_dist_$a" "HAProxy $haproxy_version $a, every token distinct" "$HAP/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
-    "$TOK/$a-pool.txt"
-done
+stop_pid "$PID_REDIS"
 
 # --- fixed rate: latency added by authentication ----------------------------
 FIXED=$WORK/fixed
@@ -535,10 +558,12 @@ if [ "$FIXED_RATE" = 1 ]; then
     fixed "fx_nc_$a" "authgate $a, cache off, pool" "127.0.0.1:$P_GW2" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
   done
   stop_pid "$GW_PID" INT
+  start_hap
   for a in "${HAP_ALGS[@]}"; do
     r=$(awk -v r="${RPS[hap_pool_$a]}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
     fixed "fx_hap_$a" "HAProxy $a, pool" "127.0.0.1:$P_HAP" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
   done
+  stop_pid "$PID_HAP"
   # Pass-through references at every other rate used.
   start_gw gw "$WORK/gw.toml" "$P_GWADM"
   for r in $(cut -d'|' -f3 "$FIXED" | sort -u); do
@@ -546,7 +571,6 @@ if [ "$FIXED_RATE" = 1 ]; then
   done
   stop_pid "$GW_PID" INT
 fi
-stop_pid "$PID_HAP"
 
 # --- report ----------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -563,13 +587,17 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
   echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once${PRIORITY:+; every benchmarked process at nice $PRIORITY}"
   echo
-  printf '| %-50s | %8s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
-  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "---------:" "--------:" "--------:" "---------:" "---------:" "-------"
-  while IFS='|' read -r key label rps p50 p99 note; do
+  ((ROUNDS == 1)) || echo "  $ROUNDS rounds: req/s, p50 and p99 are the means over the rounds; \"range\" is the lowest-highest round"
+  echo
+  printf '| %-50s | %8s | %11s | %7s | %7s | %8s | %8s | %s\n' "row" "req/s" "range" "p50 ms" "p99 ms" "vs pass" "vs HAP" "notes |"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "---------:" "------------:" "--------:" "--------:" "---------:" "---------:" "-------"
+  for key in "${KEYS[@]}"; do
     h=$(hap_of "$key")
-    printf '| %-50s | %8s | %7s | %7s | %8s | %8s | %s |\n' "$label" "$rps" "$p50" "$p99" \
-      "$(ratio "$rps" "${RPS[ag_pass]}")" "$( [ -n "$h" ] && ratio "$rps" "${RPS[$h]:-}" || echo -)" "${note:--}"
-  done <"$RES"
+    rps=${RPS[$key]}
+    printf '| %-50s | %8s | %11s | %7s | %7s | %8s | %8s | %s |\n' "${LABEL[$key]}" "$rps" "$(spread ${ALL_RPS[$key]})" \
+      "${P50[$key]}" "${P99[$key]}" "$(ratio "$rps" "${RPS[ag_pass]}")" \
+      "$([ -n "$h" ] && ratio "$rps" "${RPS[$h]:-}" || echo -)" "${NOTE[$key]:--}"
+  done
   if [ -s "$FIXED" ]; then
     echo
     echo "Fixed rate (open loop, latency from each request's due time; $FIXED_CONNS connections, ${DURATION}s after ${WARMUP}s):"

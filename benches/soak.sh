@@ -161,7 +161,7 @@ for i in range(max(ntok, nses, 10000)):
     lines.append(f"GET\t/app/r{i % 50}\tCookie: sid={cookie(sids[i % nses])}\t")
     lines.append(f"GET\t/api/r{i % 50}\tAuthorization: Bearer {good[(i * 7) % ntok]}\t")
     if i % 4 == 0:
-        lines.append(f"GET\t/api/bad\tAuthorization: Bearer {bad[i % 2]}\t")
+        lines.append(f"GET\t/api/bad\tAuthorization: Bearer {bad[(i // 4) % 2]}\t")
         lines.append(f"GET\t/app/bad\tCookie: sid={cookie(sids[i % nses], key=b'wrong')}\t")
         lines.append(f"POST\t/login\tContent-Type: application/x-www-form-urlencoded\tusername=user{i % 3000}&password=pw{i}")
         lines.append(f"GET\t/public/p{i % 10}\t-\t")
