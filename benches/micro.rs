@@ -13,7 +13,7 @@
 //!   (envelope, claims JSON, claim rules, `Identity`);
 //! - `jwt_cached/<alg>`: `TokenCache::key` (SHA-256 of the whole token) and
 //!   a `TokenCache::get` hit, cycling over 1,000 cached tokens; `sha256` alone
-//!   for the split;
+//!   for the split; a miss's insert into a full cache;
 //! - `cookie/unsign`: the express-session cookie signature check, with one
 //!   secret and with two (rotation: every secret is always tried);
 //! - `router/*`: `Router::new` over 1,000 routes (exact, prefix, host,
@@ -301,6 +301,35 @@ fn jwt(c: &mut Criterion) {
         });
         println!("{}: token length {} bytes", a.label, tokens[0].len());
     }
+    // A miss's insert into a full cache (every insert evicts), as when every
+    // token is distinct.
+    let cache = TokenCache::new(10_000, Duration::from_secs(300));
+    let keys = Arc::new(algs[0].keys.clone());
+    let entry = |u: usize| {
+        Arc::new(CachedToken {
+            identity: identity(u),
+            generation: 1,
+            issuer: 0,
+            keys: keys.clone(),
+            expires_at: now_unix() + 86_400,
+            valid_until: Instant::now() + Duration::from_secs(3_600),
+        })
+    };
+    let mut n = 0usize;
+    for _ in 0..20_000 {
+        n += 1;
+        cache.insert(TokenCache::key(&n.to_string()), entry(n));
+    }
+    g.bench_function("insert (full, evicting)", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                (TokenCache::key(&n.to_string()), entry(n))
+            },
+            |(k, e)| cache.insert(k, e),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

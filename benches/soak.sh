@@ -19,7 +19,7 @@
 #   - a public route, and a path no route matches ....................... 200/404
 # Redis is a redis-server started here on a free port (no persistence).
 #
-# Env: DURATION (600 s) RATE (1000) CONNS (16) INTERVAL (10 s) WARMUP (60 s:
+# Env: DURATION (600 s) RATE (1000) CONNS (16) INTERVAL (10 s) WARMUP (120 s:
 # growth is measured from the first sample at or after it) TOKENS (20000)
 # SESSIONS (2000) MAX_GROWTH_PCT (25: verdict threshold, growth after warm-up)
 # KEEP (0: 1 keeps the work directory). Exits non-zero when the gateway dies,
@@ -32,7 +32,7 @@ DURATION=${DURATION:-600}
 RATE=${RATE:-1000}
 CONNS=${CONNS:-16}
 INTERVAL=${INTERVAL:-10}
-WARMUP=${WARMUP:-60}
+WARMUP=${WARMUP:-120}
 TOKENS=${TOKENS:-20000}
 SESSIONS=${SESSIONS:-2000}
 MAX_GROWTH_PCT=${MAX_GROWTH_PCT:-25}

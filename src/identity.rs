@@ -160,7 +160,17 @@ pub fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
 /// True for a header the gateway owns and a client must never set: any
 /// `X-Auth-*`, or one named in some route's `headers` map.
 pub fn is_reserved(name: &HeaderName, mapped: &[HeaderName]) -> bool {
-    name.as_str().starts_with("x-auth-") || mapped.contains(name)
+    let n = name.as_str();
+    if n.starts_with("x-auth-") || mapped.contains(name) {
+        return true;
+    }
+    // Many frameworks (CGI, PHP, nginx with underscores_in_headers) read
+    // `X_Auth_Subject` as `X-Auth-Subject`: strip those spellings too.
+    if n.contains('_') {
+        let dashed = n.replace('_', "-");
+        return dashed.starts_with("x-auth-") || mapped.iter().any(|m| m.as_str() == dashed);
+    }
+    false
 }
 
 /// The client address the backend should see: the right-most
