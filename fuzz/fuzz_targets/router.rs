@@ -41,7 +41,7 @@ fn accepts(m: &Matcher, host: &str, method: &str) -> bool {
                 host.len() > suffix.len() + 1
                     && host.ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
             }
-            None => h.to_ascii_lowercase() == host.to_ascii_lowercase(),
+            None => h.eq_ignore_ascii_case(host),
         },
     }
 }
