@@ -33,6 +33,11 @@ pub enum Reason {
     /// The request line itself is unacceptable (dot-segments in the path):
     /// 400 before any route is chosen, so a prefix can never be escaped.
     BadRequest,
+    /// The request head did not arrive within `request_header_timeout`
+    /// (slowloris): 408, then the connection is closed.
+    HeadTimeout,
+    /// The request head is over `max_header_bytes`: 431.
+    HeadTooLarge,
 }
 
 /// What the client gets back for a denial: built from static parts so a
@@ -81,6 +86,8 @@ impl Reason {
             Reason::UpstreamError => "upstream_error",
             Reason::BadRequest => "malformed",
             Reason::BodyTooLarge => "malformed",
+            Reason::HeadTimeout => "malformed",
+            Reason::HeadTooLarge => "malformed",
         }
     }
 
@@ -149,6 +156,12 @@ impl Reason {
             Reason::UpstreamError => (502, None, body!("bad_gateway", "upstream_error")),
             Reason::BadRequest => (400, None, body!("bad_request", "malformed")),
             Reason::BodyTooLarge => (413, None, body!("payload_too_large", "malformed")),
+            Reason::HeadTimeout => (408, None, body!("request_timeout", "malformed")),
+            Reason::HeadTooLarge => (
+                431,
+                None,
+                body!("request_header_fields_too_large", "malformed"),
+            ),
         };
         DenyResponse {
             status,

@@ -7,7 +7,7 @@ use crate::auth;
 use crate::auth::session;
 use crate::denial::Reason;
 use crate::identity::{self, header_safe, AuthMethod, Identity};
-use crate::ratelimit::{self, BodyPrefix, Cell, Count, Limit, BODY_PREFIX};
+use crate::ratelimit::{self, BodyPrefix, Cell, Count, Limit, BODY_LIMIT};
 use crate::router;
 use crate::runtime::{AuthMode, OnError, Route, Runtime};
 use crate::state::State;
@@ -49,9 +49,6 @@ pub struct Ctx {
     rate_decision: Option<ratelimit::Decision>,
     /// `count = "failures"` cells, consumed if the upstream answers 401/403.
     failure_cells: Vec<Cell>,
-    /// Body bytes read for rate-limit keys, to put back in front of the
-    /// body if pingora's retry buffer could not hold them.
-    body_saved: Option<Bytes>,
 }
 
 impl Gateway {
@@ -94,11 +91,11 @@ impl Gateway {
         route: &Route,
     ) -> Result<bool> {
         let body = if route.limits_need_body {
-            match read_prefix(session, &route.limits).await {
-                Ok((b, saved)) => {
-                    ctx.body_saved = saved;
-                    Some(b)
+            match read_body(session).await {
+                Ok(b) if ratelimit::ambiguous_form_fields(&route.limits, &b) => {
+                    return self.deny(session, ctx, Reason::BadRequest).await
                 }
+                Ok(b) => Some(b),
                 Err(reason) => return self.deny(session, ctx, reason).await,
             }
         } else {
@@ -251,22 +248,26 @@ fn allowed_origins(rt: &Runtime) -> &[String] {
         .map_or(&[], |s| s.allowed_origins.as_slice())
 }
 
-/// Reads a bounded prefix of the request body for rate-limit keys, and
-/// makes sure pingora still forwards every byte. What is read here goes to
-/// pingora's 64 KiB retry buffer, which it sends upstream first; when the
-/// reads overflow that buffer, the bytes are kept in `saved` and put back in
-/// front of the first body chunk by `request_body_filter`. Reading stops as
-/// soon as every body key is found, at [`BODY_PREFIX`] bytes, or at the end
-/// of the body — and, for a body of known length above 64 KiB, before a read
-/// could both finish the body and overflow the buffer (pingora would then
-/// have nothing left to send). A client sending `Expect: 100-continue` is
-/// answered `100 Continue` here, then its body is read like any other.
-async fn read_prefix(
-    session: &mut Session,
-    limits: &[Limit],
-) -> std::result::Result<(BodyPrefix, Option<Bytes>), Reason> {
-    let expects_continue = session
-        .req_header()
+/// Reads the whole request body (at most [`BODY_LIMIT`]) for rate-limit
+/// keys. The key must come from the same field occurrence the backend will
+/// use, which a prefix cannot promise (a duplicate key after the prefix
+/// would decide for the backend: docs/security.md F2), so a longer body is
+/// refused with 413 rather than keyed on a guess. What is read here stays in
+/// pingora's 64 KiB retry buffer, which it sends upstream first, so every
+/// byte is forwarded. A client sending `Expect: 100-continue` is answered
+/// `100 Continue` here (or 413 at once when its length is over the limit).
+async fn read_body(session: &mut Session) -> std::result::Result<BodyPrefix, Reason> {
+    let req = session.req_header();
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !chunked && length.is_some_and(|l| l > BODY_LIMIT as u64) {
+        return Err(Reason::BodyTooLarge);
+    }
+    let expects_continue = req
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -282,66 +283,46 @@ async fn read_prefix(
             .req_header_mut()
             .remove_header(&http::header::EXPECT);
     }
-    let req = session.req_header();
-    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let length = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     if !chunked && length.unwrap_or(0) == 0 {
-        return Ok((
-            BodyPrefix {
-                bytes: Vec::new(),
-                complete: true,
-            },
-            None,
-        ));
+        return Ok(BodyPrefix {
+            bytes: Vec::new(),
+            complete: true,
+        });
     }
     session.as_mut().enable_retry_buffering();
-    let mut out = BodyPrefix::default();
-    let mut saved: Vec<u8> = Vec::new();
+    let mut out = BodyPrefix {
+        bytes: Vec::with_capacity(length.unwrap_or(1024).min(BODY_LIMIT as u64) as usize),
+        complete: false,
+    };
     loop {
-        if !chunked {
-            let remaining = length.unwrap_or(0).saturating_sub(saved.len() as u64);
-            if length.unwrap_or(0) > RETRY_BUFFER && remaining <= RETRY_BUFFER {
-                break;
-            }
-        }
         let chunk = match tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body()).await
         {
             Ok(Ok(c)) => c,
             Ok(Err(_)) | Err(_) => return Err(Reason::BadRequest),
         };
         let Some(chunk) = chunk else {
-            out.complete = saved.len() <= BODY_PREFIX;
             break;
         };
-        saved.extend_from_slice(&chunk);
-        let room = BODY_PREFIX.saturating_sub(out.bytes.len());
-        out.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if session.as_mut().is_body_done() {
-            out.complete = saved.len() <= BODY_PREFIX;
-            if session.as_ref().retry_buffer_truncated() {
-                // A chunked body finished in a read that overflowed pingora's
-                // buffer: it could not be forwarded whole. Refuse it clearly.
-                return Err(Reason::BodyTooLarge);
-            }
-            break;
+        if out.bytes.len() + chunk.len() > BODY_LIMIT {
+            return Err(Reason::BodyTooLarge);
         }
-        if saved.len() >= BODY_PREFIX || ratelimit::body_fields_found(limits, &out) {
+        out.bytes.extend_from_slice(&chunk);
+        if session.as_mut().is_body_done() {
             break;
         }
     }
-    Ok((out, Some(Bytes::from(saved))))
+    if session.as_ref().retry_buffer_truncated() {
+        // cannot happen below the limit; never forward a truncated body
+        return Err(Reason::BodyTooLarge);
+    }
+    out.complete = true;
+    Ok(out)
 }
 
 /// How long an idle client connection is kept open between requests.
 const IDLE_KEEPALIVE_SECS: u64 = 60;
 
-/// pingora's request-body retry buffer (see `read_prefix`).
-const RETRY_BUFFER: u64 = 64 * 1024;
-/// Longest wait for a limited route's body prefix.
+/// Longest wait for each read of a body-keyed route's body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -390,7 +371,6 @@ impl ProxyHttp for Gateway {
             builtin: None,
             rate_decision: None,
             failure_cells: Vec::new(),
-            body_saved: None,
         }
     }
 
@@ -431,6 +411,10 @@ impl ProxyHttp for Gateway {
             {
                 return self.serve_jwks(session, ctx, a.jwks.clone()).await;
             }
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            return self.deny(session, ctx, Reason::BadRequest).await;
         }
         let path = match router::normalize(req.uri.path()) {
             Ok(p) => p,
@@ -496,30 +480,6 @@ impl ProxyHttp for Gateway {
                 self.deny(session, ctx, reason).await
             }
         }
-    }
-
-    async fn request_body_filter(
-        &self,
-        session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // First chunk out: if pingora's retry buffer overflowed while the
-        // prefix was read, it sent none of those bytes; send them now.
-        if let Some(saved) = ctx.body_saved.take() {
-            if session.as_ref().retry_buffer_truncated() && !saved.is_empty() {
-                let mut joined = bytes::BytesMut::with_capacity(
-                    saved.len() + body.as_ref().map_or(0, Bytes::len),
-                );
-                joined.extend_from_slice(&saved);
-                if let Some(b) = body.as_ref() {
-                    joined.extend_from_slice(b);
-                }
-                *body = Some(joined.freeze());
-            }
-        }
-        Ok(())
     }
 
     async fn response_filter(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod denial;
 pub mod echo;
 pub mod gateway;
+pub mod head_guard;
 pub mod identity;
 pub mod metrics;
 pub mod ratelimit;

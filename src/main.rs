@@ -93,6 +93,9 @@ fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every rustls user (listener, upstreams,
+    // Redis): set before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
@@ -141,7 +144,7 @@ fn main() -> ExitCode {
                 eprintln!("authgate: no issuer named `{issuer}` in {config}");
                 return ExitCode::from(2);
             };
-            let ttl = match humantime::parse_duration(&ttl) {
+            let ttl = match authgate::runtime::duration(&ttl) {
                 Ok(d) => d.as_secs() as i64,
                 Err(e) => {
                     eprintln!("authgate: --ttl `{ttl}`: {e}");

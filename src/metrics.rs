@@ -20,6 +20,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub revocation_mirror: IntGaugeVec,
     pub token_cache: IntCounterVec,
+    /// Request heads refused before routing (`timeout`: 408, `too_large`: 431).
+    pub heads_refused: IntCounterVec,
 }
 
 const AUTH_BUCKETS: &[f64] = &[
@@ -104,6 +106,11 @@ impl Metrics {
             "Verified-token cache lookups by result (hit/miss).",
             &["result"],
         )?;
+        let heads_refused = counter(
+            "authgate_request_heads_refused_total",
+            "Request heads refused before routing: too slow (408) or too large (431).",
+            &["reason"],
+        )?;
         let config_reloads = counter(
             "authgate_config_reloads_total",
             "Config reloads by result.",
@@ -147,7 +154,13 @@ impl Metrics {
             config_reloads,
             revocation_mirror,
             token_cache,
+            heads_refused,
         })
+    }
+
+    /// Counts a refused request head (`timeout` or `too_large`).
+    pub fn heads_refused(&self, reason: &str) {
+        self.heads_refused.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

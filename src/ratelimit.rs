@@ -6,7 +6,7 @@
 //! them all or none, so every instance shares one budget.
 //!
 //! Keys: the client IP, a header, or a field of a form / JSON body. Body
-//! fields are read from a bounded prefix of the body, which pingora then
+//! fields are read from the whole body (bounded), which pingora then
 //! forwards unchanged; a request without the field is limited by IP instead,
 //! never not at all. Key values are trimmed, lower-cased and hashed, so keys
 //! have a fixed size and case variants share one budget.
@@ -17,8 +17,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
-/// Longest body prefix read to find a form or JSON field (bytes).
-pub const BODY_PREFIX: usize = 8 * 1024;
+/// Longest body read to find a form or JSON field (bytes): a login body is
+/// far smaller, and a longer one on a body-keyed route gets 413 (the key
+/// must come from the whole body: docs/security.md F2). Equal to pingora's
+/// retry buffer, so what was read is still forwarded whole.
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// What a limit is keyed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,41 +220,63 @@ fn normalize(v: &str) -> String {
     v.trim().to_lowercase()
 }
 
-/// A request's body prefix, as far as it was read.
+/// A request's body, as far as it was read.
 #[derive(Debug, Default)]
 pub struct BodyPrefix {
     pub bytes: Vec<u8>,
-    /// The prefix is the whole body.
+    /// The bytes are the whole body. Fields are only taken from a whole
+    /// body: in a prefix, a later duplicate could decide for the backend.
     pub complete: bool,
 }
 
-fn form_field(body: &BodyPrefix, field: &str) -> Option<String> {
-    let text = std::str::from_utf8(&body.bytes).ok()?;
-    let mut pairs = text.split('&').peekable();
-    while let Some(pair) = pairs.next() {
-        // A value cut off at the prefix boundary is not the real value.
-        let terminated = pairs.peek().is_some() || body.complete;
+/// Every value of `field` in a URL-encoded form, in order.
+fn form_values<'a>(body: &'a BodyPrefix, field: &'a str) -> impl Iterator<Item = String> + 'a {
+    let text = if body.complete {
+        std::str::from_utf8(&body.bytes).unwrap_or("")
+    } else {
+        ""
+    };
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .ok()
+    };
+    text.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .ok()
-        };
         if dec(k).as_deref() == Some(field) {
-            if !terminated {
-                return None;
-            }
-            return dec(v).filter(|v| !v.trim().is_empty());
+            dec(v)
+        } else {
+            None
         }
-    }
-    None
+    })
 }
 
+fn form_field(body: &BodyPrefix, field: &str) -> Option<String> {
+    form_values(body, field).find(|v| !v.trim().is_empty())
+}
+
+/// Whether a form field some limit is keyed on occurs with two different
+/// values. Backends disagree on which one counts (the first, the last, or
+/// both as an array), so no key is safe: the gateway answers 400.
+pub fn ambiguous_form_fields(limits: &[Limit], body: &BodyPrefix) -> bool {
+    limits.iter().any(|l| match &l.key {
+        KeySpec::Form(f) => {
+            let mut values = form_values(body, f).map(|v| normalize(&v));
+            match values.next() {
+                Some(first) => values.any(|v| v != first),
+                None => false,
+            }
+        }
+        _ => false,
+    })
+}
+
+/// A field of a whole JSON body. Of duplicate keys the last counts, as in
+/// `JSON.parse`, serde_json, Go and Jackson: the backend's reading.
 fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
     if !body.complete {
-        // A prefix: find a top-level field whose value is already complete.
-        return json_prefix_field(&body.bytes, field);
+        return None;
     }
     let v: Value = serde_json::from_slice(&body.bytes).ok()?;
     let obj = v.as_object()?;
@@ -260,106 +285,6 @@ fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-/// Scans the start of a JSON object for a top-level `field` whose string or
-/// number value lies wholly inside `b` (a body prefix). Nested values are
-/// skipped; anything malformed or cut off gives `None`.
-fn json_prefix_field(b: &[u8], field: &str) -> Option<String> {
-    let mut i = 0;
-    let ws = |i: &mut usize| {
-        while b.get(*i).is_some_and(|c| c.is_ascii_whitespace()) {
-            *i += 1;
-        }
-    };
-    // The end (exclusive) of the string starting at b[i] == '"'.
-    let string_end = |mut i: usize| -> Option<usize> {
-        i += 1;
-        loop {
-            match b.get(i)? {
-                b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-    };
-    ws(&mut i);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        ws(&mut i);
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let kend = string_end(i)?;
-        let key: String = serde_json::from_slice(b.get(i..kend)?).ok()?;
-        i = kend;
-        ws(&mut i);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i += 1;
-        ws(&mut i);
-        let start = i;
-        match b.get(i)? {
-            b'"' => i = string_end(i)?,
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match b.get(i)? {
-                        b'"' => {
-                            i = string_end(i)?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    i += 1;
-                }
-            }
-            _ => {
-                while b
-                    .get(i)
-                    .is_some_and(|c| !matches!(c, b',' | b'}') && !c.is_ascii_whitespace())
-                {
-                    i += 1;
-                }
-                // A number or literal is only whole once something follows it.
-                b.get(i)?;
-            }
-        }
-        if key == field {
-            return match serde_json::from_slice::<Value>(b.get(start..i)?).ok()? {
-                Value::String(s) if !s.trim().is_empty() => Some(s),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            };
-        }
-        ws(&mut i);
-        match b.get(i)? {
-            b',' => i += 1,
-            _ => return None,
-        }
-    }
-}
-
-/// Whether every body-keyed limit can already find its field in `body`
-/// (reading more would not change the keys).
-pub fn body_fields_found(limits: &[Limit], body: &BodyPrefix) -> bool {
-    limits.iter().all(|l| match &l.key {
-        KeySpec::Form(f) => form_field(body, f).is_some(),
-        KeySpec::Json(f) => json_field(body, f).is_some(),
-        _ => true,
-    })
 }
 
 /// The store key of one limit for one request: `route`'s hash tag keeps a
@@ -466,35 +391,39 @@ mod tests {
             Some("Alice")
         );
         assert_eq!(
-            form_field(&b("pw=x&user=al", false), "user"),
-            None,
-            "cut-off value"
+            form_field(&b("user=a%20b+c&x", true), "user").as_deref(),
+            Some("a b c")
         );
         assert_eq!(
-            form_field(&b("user=a%20b+c&x", false), "user").as_deref(),
-            Some("a b c")
+            form_field(&b("user=alice&pw=x", false), "user"),
+            None,
+            "a prefix keys nothing"
         );
         assert_eq!(
             json_field(&b(r#"{"user":"bob"}"#, true), "user").as_deref(),
             Some("bob")
         );
+        assert_eq!(json_field(&b(r#"{"user":"bob"}"#, false), "user"), None);
+        // duplicate keys: the last, as the backend's JSON parser reads it
         assert_eq!(
-            json_field(&b(r#"{"user":"bob"}"#, false), "user").as_deref(),
-            Some("bob")
+            json_field(&b(r#"{"user":"random","user":"victim"}"#, true), "user").as_deref(),
+            Some("victim")
         );
-        assert_eq!(
-            json_field(&b(r#"{"pw":{"a":[1,"}"]},"user":"bo"#, false), "user"),
-            None
-        );
-        assert_eq!(
-            json_field(&b(r#"{"pw":{"a":[1,"}"]},"user":"bob","#, false), "user").as_deref(),
-            Some("bob")
-        );
-        assert_eq!(
-            json_field(&b(r#"{"n":{"user":"x"},"user":"y","#, false), "user").as_deref(),
-            Some("y")
-        );
-        assert_eq!(json_field(&b(r#"{"user":12"#, false), "user"), None);
+        let limits = [Limit::new(
+            KeySpec::Form("user".into()),
+            1,
+            1_000_000,
+            Count::All,
+        )];
+        assert!(ambiguous_form_fields(
+            &limits,
+            &b("user=random&pw=x&user=victim", true)
+        ));
+        assert!(!ambiguous_form_fields(
+            &limits,
+            &b("user=Alice&pw=x&user=alice+", true)
+        ));
+        assert!(!ambiguous_form_fields(&limits, &b("user=alice", true)));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let h = HeaderMap::new();
         let k1 = key_for(

@@ -102,7 +102,13 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
     if !path.starts_with('/') && path != "*" {
         return Err(UnsafePath);
     }
+    if path.contains('\\') || has_encoded_separator(path) {
+        return Err(UnsafePath);
+    }
     for seg in path.split('/') {
+        // `..;x` is `..` to servlet containers (path parameters), so the
+        // part before a `;` decides (Apache Shiro CVE-2020-1957 pattern)
+        let seg = seg.split(';').next().unwrap_or(seg);
         if is_dot_segment(seg) {
             return Err(UnsafePath);
         }
@@ -120,6 +126,15 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
         return Ok(std::borrow::Cow::Owned(out));
     }
     Ok(std::borrow::Cow::Borrowed(path))
+}
+
+/// `%2f` and `%5c` (any case): backends that decode them before resolving
+/// the path would see separators the router never saw.
+fn has_encoded_separator(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))
+    })
 }
 
 fn is_dot_segment(seg: &str) -> bool {
@@ -195,6 +210,21 @@ mod tests {
         assert!(normalize("/a/..b").is_ok());
         assert_eq!(normalize("//api///x").unwrap(), "/api/x");
         assert_eq!(normalize("/api/x").unwrap(), "/api/x");
+        // resolved as parents by some backends (docs/security.md F6)
+        for p in [
+            "/public/..;/api",
+            "/public/..;jsessionid=1/api",
+            "/public/%2e%2e;/api",
+            "/public/..%2fapi",
+            "/public/..%2Fapi",
+            "/public/..%5capi",
+            "/public/..\\api",
+            "/a/.;x/b",
+        ] {
+            assert!(normalize(p).is_err(), "{p}");
+        }
+        assert!(normalize("/a;v=1/b").is_ok());
+        assert!(normalize("/a/%2e%2ex/%25/b").is_ok());
     }
 
     #[test]

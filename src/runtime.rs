@@ -29,6 +29,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: Duration,
+    /// Request heads: deadline from the first byte and size cap.
+    pub head: crate::head_guard::HeadLimits,
     /// TLS termination on `listen`: (certificate chain, private key) files.
     pub tls: Option<(String, String)>,
 }
@@ -169,6 +171,8 @@ pub enum OnError {
 pub struct StoreSettings {
     pub kind: StoreKind,
     pub on_error: OnError,
+    /// Credentials and TLS roots for the data nodes.
+    pub access: crate::store::redis::Access,
 }
 
 /// Everything the proxy needs, compiled.
@@ -245,10 +249,23 @@ pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
+/// The longest duration any key accepts. Longer values are configuration
+/// mistakes, and past about 292 billion years one no longer fits a monotonic
+/// clock (`Instant + d` would panic on a request path): refusing them at
+/// `check` keeps every timer computation in range.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a humantime duration of at most [`MAX_DURATION`].
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration `{s}` ({e}); use forms like \"30s\", \"15m\", \"24h\"")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{s}` is longer than 10 years, the longest accepted"
+        ));
+    }
+    Ok(d)
 }
 
 fn secret(
@@ -318,7 +335,7 @@ impl Runtime {
             )
         });
 
-        let store = build_store(&cfg, issues);
+        let store = build_store(&cfg, base, issues);
         let assertion = build_assertion(&cfg, base, issues);
         let token_cache = {
             let tc = cfg.token_cache.as_ref();
@@ -526,10 +543,11 @@ fn build_assertion(
     }))
 }
 
-fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
+fn build_store(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> StoreSettings {
     let mut out = StoreSettings {
         kind: StoreKind::Memory,
         on_error: OnError::Deny,
+        access: Default::default(),
     };
     let Some(store) = &cfg.store else { return out };
     match store.on_error.as_deref() {
@@ -606,10 +624,57 @@ fn build_store(cfg: &FileConfig, issues: &mut Issues) -> StoreSettings {
             "`url` belongs to kind = \"redis\" (use `urls` for a cluster, `sentinels` + `master` for Sentinel)",
         );
     }
-    if store.ca_file.is_some() {
+    let urls: Vec<&String> = store
+        .url
+        .iter()
+        .chain(store.urls.iter().flatten())
+        .chain(store.sentinels.iter().flatten())
+        .collect();
+    if let Some(f) = &store.ca_file {
+        if !urls.iter().any(|u| crate::store::redis::is_tls(u)) {
+            issues.at(
+                "store.ca_file",
+                "ca_file verifies rediss:// servers, and no URL here is rediss://",
+            );
+        }
+        match std::fs::read(resolve(base, f)) {
+            Ok(pem) => {
+                let certs = rustls_pemfile::certs(&mut pem.as_slice())
+                    .filter(|c| c.is_ok())
+                    .count();
+                if certs == 0 {
+                    issues.at("store.ca_file", format!("`{f}` holds no PEM certificate"));
+                } else {
+                    out.access.ca_pem = Some(pem);
+                }
+            }
+            Err(e) => issues.at("store.ca_file", format!("`{f}`: cannot read: {e}")),
+        }
+    }
+    if store.password_env.is_some() || store.password_file.is_some() {
+        if kind == "memory" {
+            issues.at(
+                "store",
+                "password_env / password_file belong to a Redis store kind",
+            );
+        }
+        if let Some(p) = secret(
+            store.password_env.as_deref(),
+            store.password_file.as_deref(),
+            base,
+            "store.password",
+            issues,
+        ) {
+            match String::from_utf8(p) {
+                Ok(p) => out.access.password = Some(p),
+                Err(_) => issues.at("store.password", "the Redis password is not UTF-8"),
+            }
+        }
+        out.access.username = store.username.clone().filter(|u| !u.is_empty());
+    } else if store.username.is_some() {
         issues.at(
-            "store.ca_file",
-            "Redis TLS (rediss://, ca_file) is not available in this build yet",
+            "store.username",
+            "username needs password_env or password_file (or put user:password@ in the URL)",
         );
     }
     out
@@ -835,12 +900,41 @@ fn build_server(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> Option<Se
             Duration::ZERO
         }
     };
+    let head_timeout = match s.request_header_timeout.as_deref().map(duration) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) if d >= Duration::from_millis(100) && d <= Duration::from_secs(600) => d,
+        Some(Ok(_)) => {
+            issues.at(
+                "server.request_header_timeout",
+                "request_header_timeout must be between 100ms and 10m",
+            );
+            ok = false;
+            Duration::ZERO
+        }
+        Some(Err(e)) => {
+            issues.at("server.request_header_timeout", e);
+            ok = false;
+            Duration::ZERO
+        }
+    };
+    let max_header_bytes = s.max_header_bytes.unwrap_or(64 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+        issues.at(
+            "server.max_header_bytes",
+            "max_header_bytes must be between 1024 and 1048576",
+        );
+        ok = false;
+    }
     ok.then_some(ServerSettings {
         listen,
         admin_listen,
         threads,
         trusted_proxies: trusted,
         grace_period,
+        head: crate::head_guard::HeadLimits {
+            timeout: head_timeout,
+            max_bytes: max_header_bytes,
+        },
         tls,
     })
 }

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::gateway::Gateway;
+use crate::head_guard::HeadGuard;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::state::State;
@@ -41,12 +42,15 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
             state: state.clone(),
         },
-        "authgate proxy",
+    );
+    let mut proxy = Service::new(
+        "authgate proxy".to_string(),
+        HeadGuard::new(gateway, settings.head, state.clone()),
     );
     match &settings.tls {
         Some((cert, key)) => proxy

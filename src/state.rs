@@ -55,18 +55,27 @@ impl State {
         let (store, redis): (Arc<dyn Store>, Option<Arc<RedisStore>>) = match &runtime.store.kind {
             StoreKind::Memory => (Arc::new(MemoryStore::default()), None),
             StoreKind::Redis { url } => {
-                let r = Arc::new(RedisStore::new(url)?);
+                let r = Arc::new(RedisStore::with_topology(
+                    Topology::Single(url.clone()),
+                    runtime.store.access.clone(),
+                )?);
                 (r.clone(), Some(r))
             }
             StoreKind::Cluster { urls } => {
-                let r = Arc::new(RedisStore::with_topology(Topology::Cluster(urls.clone()))?);
+                let r = Arc::new(RedisStore::with_topology(
+                    Topology::Cluster(urls.clone()),
+                    runtime.store.access.clone(),
+                )?);
                 (r.clone(), Some(r))
             }
             StoreKind::Sentinel { sentinels, master } => {
-                let r = Arc::new(RedisStore::with_topology(Topology::Sentinel {
-                    sentinels: sentinels.clone(),
-                    master: master.clone(),
-                })?);
+                let r = Arc::new(RedisStore::with_topology(
+                    Topology::Sentinel {
+                        sentinels: sentinels.clone(),
+                        master: master.clone(),
+                    },
+                    runtime.store.access.clone(),
+                )?);
                 (r.clone(), Some(r))
             }
         };
@@ -178,6 +187,14 @@ impl State {
             ("server.threads", s.threads != o.threads),
             ("server.tls", s.tls != o.tls),
             ("server.grace_period", s.grace_period != o.grace_period),
+            (
+                "server.request_header_timeout",
+                s.head.timeout != o.head.timeout,
+            ),
+            (
+                "server.max_header_bytes",
+                s.head.max_bytes != o.head.max_bytes,
+            ),
             ("token_cache", new.token_cache != old.token_cache),
         ] {
             if changed {

@@ -8,7 +8,7 @@
 //! In-process (no gateway), so each property runs in well under ten seconds.
 
 use authgate::config::load_str;
-use authgate::ratelimit::{key_for, BodyPrefix, KeySpec, BODY_PREFIX};
+use authgate::ratelimit::{ambiguous_form_fields, key_for, BodyPrefix, Count, KeySpec, Limit};
 use authgate::router::{host_of, normalize, Matcher, Router};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
@@ -19,9 +19,19 @@ use std::sync::Once;
 // ---------------------------------------------------------------------------
 // router
 
+/// A segment a backend may resolve as `.` or `..`: also encoded (`%2e`) and
+/// with path parameters (`..;x`, as servlet containers read it).
 fn is_dot_segment(seg: &str) -> bool {
+    let seg = seg.split(';').next().unwrap_or(seg);
     let s = seg.to_ascii_lowercase().replace("%2e", ".");
     s == "." || s == ".."
+}
+
+/// What the router must refuse besides dot-segments: separators a backend
+/// may see that the router would not (`\`, `%2f`, `%5c`).
+fn has_hidden_separator(p: &str) -> bool {
+    let l = p.to_ascii_lowercase();
+    l.contains('\\') || l.contains("%2f") || l.contains("%5c")
 }
 
 fn accepts(m: &Matcher, host: &str, method: &str) -> bool {
@@ -71,6 +81,9 @@ fn segment() -> impl Strategy<Value = String> {
         Just("%2E%2e".to_string()),
         Just("..;".to_string()),
         Just("%2f".to_string()),
+        Just("..;x=1".to_string()),
+        Just("%5C".to_string()),
+        Just("a\\b".to_string()),
         Just(String::new()),
         "[ -~]{0,4}",
     ]
@@ -126,11 +139,14 @@ proptest! {
                 prop_assert!(!n.contains("//"), "{:?} -> {:?}", p, n);
                 prop_assert!(!n.split('/').any(is_dot_segment), "{:?} -> {:?}", p, n);
                 prop_assert!(!p.split('/').any(is_dot_segment), "{:?} had a dot segment", p);
+                prop_assert!(!has_hidden_separator(&n), "{:?} -> {:?}", p, n);
                 let again = normalize(&n);
                 prop_assert_eq!(again.as_deref().ok(), Some(&*n));
             }
             Err(_) => prop_assert!(
-                !(p.starts_with('/') || p == "*") || p.split('/').any(is_dot_segment),
+                !(p.starts_with('/') || p == "*")
+                    || p.split('/').any(is_dot_segment)
+                    || has_hidden_separator(&p),
                 "refused the safe path {:?}", p
             ),
         }
@@ -604,9 +620,10 @@ proptest! {
         }
     }
 
-    /// A form field keys the same whatever its case, whatever comes around it,
-    /// whether the body is whole or a prefix that holds the whole field; and a
-    /// different user never shares the key.
+    /// A form field keys the same whatever its case and whatever comes
+    /// around it; a prefix (not the whole body) keys nothing but the IP; a
+    /// different user never shares the key; a second, different value of the
+    /// field makes the body ambiguous (refused).
     #[test]
     fn form_keys_follow_the_field((b, user) in form_body(), (b2, user2) in form_body()) {
         let spec = KeySpec::parse("form:username").unwrap();
@@ -615,15 +632,25 @@ proptest! {
         let upper = key(&spec, &h, Some(&body(format!("username={}", user.to_uppercase()).as_bytes(), true)));
         prop_assert_eq!(&alone, &upper);
         prop_assert_eq!(&key(&spec, &h, Some(&body(b.as_bytes(), true))), &alone);
-        // a prefix that ends after the field (the rest of a long body cut off)
-        let long = format!("{b}&pad={}", "x".repeat(BODY_PREFIX));
-        prop_assert_eq!(&key(&spec, &h, Some(&body(&long.as_bytes()[..b.len() + 1], false))), &alone);
+        // a prefix that ends after the field: a later duplicate could decide
+        prop_assert_eq!(
+            &key(&spec, &h, Some(&body(&b.as_bytes()[..b.len()], false))),
+            &key(&KeySpec::Ip, &h, None)
+        );
         let other = key(&spec, &h, Some(&body(b2.as_bytes(), true)));
         prop_assert_eq!(other == alone, user.to_lowercase() == user2.to_lowercase());
+        let limits = [Limit::new(spec.clone(), 1, 1_000_000, Count::All)];
+        prop_assert!(!ambiguous_form_fields(&limits, &body(b.as_bytes(), true)));
+        let twice = format!("{b}&username={user2}");
+        prop_assert_eq!(
+            ambiguous_form_fields(&limits, &body(twice.as_bytes(), true)),
+            user.to_lowercase() != user2.to_lowercase()
+        );
     }
 
-    /// JSON: whole bodies and prefixes agree on a top-level field; a value cut
-    /// off by the prefix boundary is never taken for the real one.
+    /// JSON: a field keys the same whatever comes around it; of duplicate
+    /// keys the last one counts (as the backend's parser reads it); a prefix
+    /// keys nothing but the IP.
     #[test]
     fn json_keys_follow_the_field(
         user in "[a-zA-Z0-9.@_ -]{1,16}",
@@ -641,14 +668,12 @@ proptest! {
         let text = serde_json::Value::Object(obj).to_string();
         let alone = key(&spec, &h, Some(&body(serde_json::json!({"username": user}).to_string().as_bytes(), true)));
         prop_assert_eq!(&key(&spec, &h, Some(&body(text.as_bytes(), true))), &alone);
-        let with_tail = format!("{}, \"pad\": \"{}\"}}", &text[..text.len() - 1], "x".repeat(BODY_PREFIX));
+        // a decoy before, the real one after: the last counts
+        let decoy = format!("{{\"username\":\"decoy-{cut}\",{}", &text[1..]);
+        prop_assert_eq!(&key(&spec, &h, Some(&body(decoy.as_bytes(), true))), &alone);
         let by_ip = key(&KeySpec::Ip, &h, None);
-        let n = cut % with_tail.len();
-        let k = key(&spec, &h, Some(&body(&with_tail.as_bytes()[..n], false)));
-        prop_assert!(k == alone || k == by_ip, "a cut-off prefix keyed on something else: {:?}", &with_tail[..n]);
-        if n > text.len() {
-            prop_assert_eq!(k, alone);
-        }
+        let n = cut % text.len();
+        prop_assert_eq!(key(&spec, &h, Some(&body(&text.as_bytes()[..n], false))), by_ip);
     }
 }
 

@@ -615,7 +615,8 @@ fn bodies_on_a_form_keyed_route_arrive_intact_and_are_keyed() {
         )],
     );
     let (gw, up) = start(&cfg);
-    const MIB: usize = 1024 * 1024;
+    // docs/config.md: a body-keyed route reads the whole body, up to 64 KiB
+    const MIB: usize = 64 * 1024;
     let form_upload = |user: &str| {
         use base64::Engine;
         let mut body = format!("username={user}&data=").into_bytes();
@@ -636,22 +637,22 @@ fn bodies_on_a_form_keyed_route_arrive_intact_and_are_keyed() {
         Some("application/x-www-form-urlencoded")
     );
 
-    // 1 MiB with Content-Length.
+    // 64 KiB with Content-Length.
     let body = form_upload("alice");
     let r = post_raw(&gw, "/upload", &body);
-    assert_intact(&r, &body, "1 MiB, Content-Length");
+    assert_intact(&r, &body, "64 KiB, Content-Length");
     assert_eq!(
         remaining(&r),
         98,
-        "1 MiB Content-Length upload counted on alice"
+        "64 KiB Content-Length upload counted on alice"
     );
 
-    // 1 MiB chunked: 16 KiB chunks, 1000-byte chunks, one 1 MiB chunk.
+    // 64 KiB chunked: 16 KiB chunks, 1000-byte chunks, one 64 KiB chunk.
     let mut expect = 97;
     for chunk in [16 * 1024, 1000, MIB] {
         let body = form_upload("alice");
         let r = post_chunked(&gw, "/upload", &[chunked(&body, chunk)], Duration::ZERO);
-        let what = format!("1 MiB chunked in {chunk}-byte chunks");
+        let what = format!("64 KiB chunked in {chunk}-byte chunks");
         assert_intact(&r, &body, &what);
         assert_eq!(remaining(&r), expect, "{what}: counted on alice");
         expect -= 1;
@@ -666,11 +667,11 @@ fn bodies_on_a_form_keyed_route_arrive_intact_and_are_keyed() {
     // Random bytes (no form field: the IP's budget), both framings.
     let raw = random_bytes(MIB);
     let r = post_raw(&gw, "/upload", &raw);
-    assert_intact(&r, &raw, "1 MiB random bytes, Content-Length");
+    assert_intact(&r, &raw, "64 KiB random bytes, Content-Length");
     assert_eq!(remaining(&r), 99, "random bytes: the IP's first request");
     let raw = random_bytes(MIB);
     let r = post_chunked(&gw, "/upload", &[chunked(&raw, 32 * 1024)], Duration::ZERO);
-    assert_intact(&r, &raw, "1 MiB random bytes, chunked");
+    assert_intact(&r, &raw, "64 KiB random bytes, chunked");
     assert_eq!(remaining(&r), 98, "random bytes: the IP's second request");
 
     // A body sent slowly, in pieces, still arrives whole.
@@ -682,6 +683,25 @@ fn bodies_on_a_form_keyed_route_arrive_intact_and_are_keyed() {
     ];
     let r = post_chunked(&gw, "/upload", &parts, Duration::from_millis(100));
     assert_intact(&r, &body, "slow chunked form");
+    assert_eq!(up.hits(), 9);
+
+    // One byte more: the key could hide past what is read (docs/security.md
+    // F2), so 413, with either framing, and nothing reaches the upstream.
+    let mut body = form_upload("alice");
+    body.push(b'x');
+    assert_status(
+        &post_raw(&gw, "/upload", &body),
+        413,
+        "64 KiB + 1, Content-Length",
+    );
+    for chunk in [16 * 1024, MIB + 1] {
+        let r = post_chunked(&gw, "/upload", &[chunked(&body, chunk)], Duration::ZERO);
+        assert_status(
+            &r,
+            413,
+            &format!("64 KiB + 1 chunked in {chunk}-byte chunks"),
+        );
+    }
     assert_eq!(up.hits(), 9);
 }
 
@@ -701,10 +721,10 @@ fn chunked_uploads_with_a_small_first_chunk_then_a_large_one_arrive_intact() {
     );
     let (gw, up) = start(&cfg);
     for (first, second) in [
-        (100, 100 * 1024),
-        (100, 1024 * 1024),
-        (5000, 70 * 1024),
-        (9000, 1024 * 1024),
+        (100, 30 * 1024),
+        (100, 64 * 1024 - 100),
+        (5000, 50 * 1024),
+        (9000, 64 * 1024 - 9000),
     ] {
         for with_field in [false, true] {
             let mut body = if with_field {
@@ -1067,9 +1087,8 @@ fn exhausted_alice() -> (Gateway, Upstream) {
     (gw, up)
 }
 
-/// docs/config.md: "A `form:` field is used only when its value is complete
-/// within [the first 8 KiB]". A chunked body whose first chunk cuts the value is
-/// still well within 8 KiB.
+/// docs/config.md: the whole body is read for a `form:` key. A chunked body
+/// whose first chunk cuts the value is still keyed on the whole value.
 #[test]
 fn a_chunked_body_split_inside_the_username_is_still_keyed_on_it() {
     let (gw, up) = exhausted_alice();
@@ -1117,7 +1136,7 @@ fn a_chunked_body_with_a_late_terminator_is_still_keyed_on_the_username() {
         r.status,
         r.text()
     );
-    // The same for JSON, whose field docs/config.md promises when the whole body fits in 8 KiB.
+    // The same for JSON.
     let head = format!(
         "POST /api/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         gw.proxy_addr
@@ -1139,19 +1158,19 @@ fn a_chunked_body_with_a_late_terminator_is_still_keyed_on_the_username() {
     assert_eq!(up.hits(), hits);
 }
 
-/// A large Content-Length body (100 KiB, over pingora's 64 KiB retry buffer)
-/// whose first packet ends inside the username: the value is still complete
-/// within the first 8 KiB, so it is the key.
+/// A large Content-Length body (60 KiB, near the 64 KiB a body-keyed route
+/// reads) whose first packet ends inside the username: the whole value is
+/// the key.
 #[test]
 fn a_large_body_whose_first_packet_cuts_the_username_is_still_keyed_on_it() {
     let (gw, up) = exhausted_alice();
     let hits = up.hits();
     let mut rest = b"ice&password=guess4&pad=".to_vec();
-    rest.resize(100 * 1024 - b"username=al".len(), b'x');
+    rest.resize(60 * 1024 - b"username=al".len(), b'x');
     let head = format!(
         "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         gw.proxy_addr,
-        100 * 1024
+        60 * 1024
     );
     let r = send_raw(
         &gw.proxy_addr,
@@ -1214,13 +1233,20 @@ fn a_refused_upload_gets_a_clean_429_and_never_reaches_the_upstream() {
     let (gw, up) = start(&cfg);
     assert_status(&post_form(&gw, "/login", "username=alice"), 200, "first");
     let mut body = b"username=alice&data=".to_vec();
-    body.resize(1024 * 1024, b'a');
-    // The answer comes before the body is read: it must still reach the client.
+    body.resize(60 * 1024, b'a');
     let r = try_request(&gw.proxy_addr, "POST", "/login", &[FORM], &body)
-        .expect("a refused 1 MiB Content-Length upload: no readable answer");
+        .expect("a refused 60 KiB Content-Length upload: no readable answer");
     assert_429(&r);
     let r = post_chunked(&gw, "/login", &[chunked(&body, 16 * 1024)], Duration::ZERO);
     assert_429(&r);
+    // Over the 64 KiB a body-keyed route reads: the answer (413) comes
+    // before the body is read; it must still reach the client.
+    body.resize(1024 * 1024, b'a');
+    let r = try_request(&gw.proxy_addr, "POST", "/login", &[FORM], &body)
+        .expect("a refused 1 MiB Content-Length upload: no readable answer");
+    assert_status(&r, 413, "1 MiB Content-Length");
+    let r = post_chunked(&gw, "/login", &[chunked(&body, 16 * 1024)], Duration::ZERO);
+    assert_status(&r, 413, "1 MiB chunked");
     assert_eq!(up.hits(), 1);
 }
 

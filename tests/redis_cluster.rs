@@ -731,7 +731,6 @@ fn revocation_migration(f: &Fleet) -> (u16, &RedisNode) {
 }
 
 #[test]
-#[ignore = "known limitation (closing note of issue 10): while the {revoked} slot itself is mid-migration, the multi-key revocation script gets TRYAGAIN/ASK and the admin API answers 503 (retry); not yet handled"]
 fn revocations_keep_working_while_their_slot_is_being_migrated() {
     let f = Fleet::start();
     revoke_jti_and_propagate(&f, "A", "m1", "before the migration");

@@ -1,15 +1,15 @@
 //! Rate-limit keys: `KeySpec::parse` on arbitrary specs and `key_for` on
-//! arbitrary headers and body prefixes. Never a panic; keys have one fixed
-//! shape; a field found in a body prefix is the value the whole body gives
-//! (or the gateway would key one request two ways depending on its size);
-//! without the field the key falls back to the client IP.
+//! arbitrary headers and bodies. Never a panic; keys have one fixed shape; a
+//! body that is not whole keys nothing but the client IP (a later duplicate
+//! field could decide for the backend: docs/security.md F2); a JSON field is
+//! the one serde_json's last-wins reading gives; without the field the key
+//! falls back to the client IP.
 #![no_main]
 
-use authgate::ratelimit::{key_for, BodyPrefix, KeySpec};
+use authgate::ratelimit::{ambiguous_form_fields, key_for, BodyPrefix, Count, KeySpec, Limit};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[derive(Arbitrary, Debug)]
@@ -20,29 +20,6 @@ struct Input {
     complete: bool,
     v6: bool,
     ip: [u8; 16],
-}
-
-/// The top-level keys of a JSON object, duplicates kept.
-struct Keys(Vec<String>);
-
-impl<'de> Deserialize<'de> for Keys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Keys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Keys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
-                    keys.push(k);
-                }
-                Ok(Keys(keys))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 fn shape_ok(key: &str, index: usize) -> bool {
@@ -91,26 +68,23 @@ fuzz_target!(|input: Input| {
     if spec == KeySpec::Ip {
         assert_eq!(key, by_ip);
     }
-    // A prefix that found the field must agree with the whole body.
+    if spec.needs_body() && !input.complete {
+        assert_eq!(key, by_ip, "a body prefix keyed on a field");
+    }
+    // A JSON field is the whole body's, read as serde_json reads it.
     if let KeySpec::Json(field) = &spec {
-        if !input.complete && key != by_ip {
-            let dup = serde_json::from_slice::<Keys>(&input.body)
-                .map(|k| k.0.iter().filter(|x| *x == field).count() > 1)
-                .unwrap_or(true);
-            let whole = BodyPrefix {
-                bytes: input.body.clone(),
-                complete: true,
+        if input.complete && !field.contains('.') {
+            let v = serde_json::from_slice::<serde_json::Value>(&input.body).ok();
+            let want = match v.as_ref().and_then(|v| v.get(field)) {
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
             };
-            let full = key_for("route", 3, &spec, ip, &headers, Some(&whole));
-            // Duplicate keys: a known finding (docs/security.md F2), skipped here.
-            if !dup && serde_json::from_slice::<serde_json::Value>(&input.body).is_ok() {
-                assert_eq!(
-                    key,
-                    full,
-                    "prefix and whole body disagree on {field:?} in {:?}",
-                    String::from_utf8_lossy(&input.body)
-                );
+            if want.is_none() {
+                assert_eq!(key, by_ip);
             }
         }
     }
+    let limits = [Limit::new(spec.clone(), 1, 1_000_000, Count::All)];
+    let _ = ambiguous_form_fields(&limits, &body);
 });

@@ -86,6 +86,10 @@ pub struct ServerFile {
     pub tls: Option<TlsFile>,
     /// Seconds SIGTERM waits for in-flight requests before exit.
     pub grace_period: Option<String>,
+    /// Longest time from a request head's first byte to its end (408).
+    pub request_header_timeout: Option<String>,
+    /// Longest request head in bytes (431).
+    pub max_header_bytes: Option<usize>,
 }
 
 /// TLS termination files.
@@ -108,6 +112,10 @@ pub struct StoreFile {
     pub kind: Option<String>,
     pub url: Option<String>,
     pub ca_file: Option<String>,
+    /// AUTH for the data nodes (with `password_env` / `password_file`).
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
     pub urls: Option<Vec<String>>,
     pub sentinels: Option<Vec<String>>,
     pub master: Option<String>,

@@ -35,6 +35,82 @@ pub const REVOKED_SUBS: &str = "authgate:{revoked}:sub";
 /// so write and announcement are one atomic step on a cluster too.
 pub const REVOCATION_CHANNEL: &str = "authgate:{revoked}:events";
 
+/// How the data nodes (the single node, every cluster node, the master
+/// Sentinel names) are reached beyond what their URLs say: AUTH credentials
+/// kept out of the config file (`password_env` / `password_file`), and the
+/// CA that verifies `rediss://` servers (default: the system's roots).
+/// Credentials matter most for Sentinel and cluster nodes, whose addresses
+/// are discovered at run time and so carry no userinfo of their own.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM roots for `rediss://`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .finish()
+    }
+}
+
+impl Access {
+    /// `url` with the configured credentials (they replace the URL's own).
+    pub fn data_url(&self, url: &str) -> String {
+        let Some(password) = &self.password else {
+            return url.to_string();
+        };
+        match url::Url::parse(url) {
+            Ok(mut u) => {
+                let named = u.set_username(self.username.as_deref().unwrap_or(""));
+                let set = u.set_password(Some(password));
+                if named.is_ok() && set.is_ok() {
+                    u.to_string()
+                } else {
+                    url.to_string()
+                }
+            }
+            Err(_) => url.to_string(),
+        }
+    }
+
+    /// A client for `url`; `rediss://` is verified against the configured CA.
+    pub fn client(&self, url: &str) -> redis::RedisResult<Client> {
+        match &self.ca_pem {
+            Some(ca) if is_tls(url) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            _ => Client::open(url),
+        }
+    }
+}
+
+/// Whether a Redis URL asks for TLS.
+pub fn is_tls(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+}
+
+/// `scheme://host:port` for a discovered node, with the scheme (TLS or
+/// not) of the URL it was learned from.
+fn node_url(like: &str, host: &str, port: u16) -> String {
+    let scheme = if is_tls(like) { "rediss" } else { "redis" };
+    if host.contains(':') {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
 /// Where the Redis store lives: one node, a cluster (seed nodes), or the
 /// master that Sentinel names (followed across failovers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +159,7 @@ impl redis::aio::ConnectionLike for Conn {
 /// A Redis-backed store.
 pub struct RedisStore {
     topology: Topology,
+    access: Access,
     /// The command connection; cleared to re-resolve Sentinel's master.
     conn: arc_swap::ArcSwapOption<Conn>,
     connect_lock: tokio::sync::Mutex<()>,
@@ -96,10 +173,11 @@ pub struct RedisStore {
 
 /// A RESP3 connection to `url` whose pushes go to `tx`.
 async fn connect_push(
+    access: &Access,
     url: &str,
     tx: tokio::sync::mpsc::UnboundedSender<PushInfo>,
 ) -> Result<MultiplexedConnection, StoreError> {
-    let client = Client::open(with_resp3(url)).map_err(unavailable)?;
+    let client = access.client(&with_resp3(url)).map_err(unavailable)?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -110,9 +188,10 @@ async fn connect_push(
         .map_err(unavailable)
 }
 
-/// Asks one sentinel for the master's address, as a redis:// URL.
-async fn ask_sentinel(sentinel: &str, master: &str) -> Result<String, StoreError> {
-    let client = Client::open(sentinel).map_err(unavailable)?;
+/// Asks one sentinel for the master's address, as a URL of the sentinel's
+/// scheme (`rediss://` sentinels front TLS masters) without credentials.
+async fn ask_sentinel(access: &Access, sentinel: &str, master: &str) -> Result<String, StoreError> {
+    let client = access.client(sentinel).map_err(unavailable)?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -128,11 +207,7 @@ async fn ask_sentinel(sentinel: &str, master: &str) -> Result<String, StoreError
         .map_err(unavailable)?;
     let (host, port) = addr
         .ok_or_else(|| StoreError::Unavailable(format!("sentinel knows no master `{master}`")))?;
-    Ok(if host.contains(':') {
-        format!("redis://[{host}]:{port}/0")
-    } else {
-        format!("redis://{host}:{port}/0")
-    })
+    Ok(format!("{}/0", node_url(sentinel, &host, port)))
 }
 
 /// The database number of a redis:// URL (`/N` path), 0 by default.
@@ -158,31 +233,32 @@ fn with_resp3(url: &str) -> String {
 impl RedisStore {
     /// A single-node store; connects on first use.
     pub fn new(url: &str) -> Result<RedisStore, StoreError> {
-        Self::with_topology(Topology::Single(url.to_string()))
+        Self::with_topology(Topology::Single(url.to_string()), Access::default())
     }
 
     /// A store of any topology; validates URLs, connects on first use.
-    pub fn with_topology(topology: Topology) -> Result<RedisStore, StoreError> {
+    pub fn with_topology(topology: Topology, access: Access) -> Result<RedisStore, StoreError> {
         let db = match &topology {
             Topology::Single(url) => {
-                Client::open(url.as_str()).map_err(unavailable)?;
+                access.client(url).map_err(unavailable)?;
                 db_of(url)
             }
             Topology::Cluster(urls) => {
                 for u in urls {
-                    Client::open(u.as_str()).map_err(unavailable)?;
+                    access.client(u).map_err(unavailable)?;
                 }
                 0
             }
             Topology::Sentinel { sentinels, .. } => {
                 for u in sentinels {
-                    Client::open(u.as_str()).map_err(unavailable)?;
+                    access.client(u).map_err(unavailable)?;
                 }
                 0
             }
         };
         Ok(RedisStore {
             topology,
+            access,
             conn: arc_swap::ArcSwapOption::empty(),
             connect_lock: tokio::sync::Mutex::new(()),
             touch_conn: std::sync::Mutex::new(None),
@@ -194,16 +270,16 @@ impl RedisStore {
     /// master Sentinel names, or (cluster) the first seed that answers.
     pub async fn primary_url(&self) -> Result<String, StoreError> {
         match &self.topology {
-            Topology::Single(url) => Ok(url.clone()),
+            Topology::Single(url) => Ok(self.access.data_url(url)),
             Topology::Cluster(urls) => urls
                 .first()
-                .cloned()
+                .map(|u| self.access.data_url(u))
                 .ok_or_else(|| StoreError::Unavailable("no cluster seed".into())),
             Topology::Sentinel { sentinels, master } => {
                 let mut last = String::from("no sentinel configured");
                 for s in sentinels {
-                    match ask_sentinel(s, master).await {
-                        Ok(url) => return Ok(url),
+                    match ask_sentinel(&self.access, s, master).await {
+                        Ok(url) => return Ok(self.access.data_url(&url)),
                         Err(e) => last = e.to_string(),
                     }
                 }
@@ -224,12 +300,24 @@ impl RedisStore {
         }
         let c = match &self.topology {
             Topology::Cluster(urls) => {
-                let client = redis::cluster::ClusterClient::builder(urls.clone())
+                let seeds: Vec<String> = urls.iter().map(|u| self.access.data_url(u)).collect();
+                let mut builder = redis::cluster::ClusterClient::builder(seeds)
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(2)
-                    .build()
-                    .map_err(unavailable)?;
+                    .retries(2);
+                if let Some(p) = &self.access.password {
+                    builder = builder.password(p);
+                    if let Some(u) = &self.access.username {
+                        builder = builder.username(u);
+                    }
+                }
+                if let (Some(ca), true) = (&self.access.ca_pem, urls.iter().any(|u| is_tls(u))) {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    });
+                }
+                let client = builder.build().map_err(unavailable)?;
                 Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
             }
             _ => {
@@ -239,7 +327,7 @@ impl RedisStore {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                let client = Client::open(url.as_str()).map_err(unavailable)?;
+                let client = self.access.client(&url).map_err(unavailable)?;
                 Conn::Single(
                     client
                         .get_connection_manager_with_config(cfg)
@@ -264,10 +352,11 @@ impl RedisStore {
     /// A new RESP3 connection to `url` whose push messages (invalidations,
     /// pub/sub messages, disconnection) arrive on the returned channel.
     pub async fn push_connection_to(
+        &self,
         url: &str,
     ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), StoreError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        Ok((connect_push(url, tx).await?, rx))
+        Ok((connect_push(&self.access, url, tx).await?, rx))
     }
 
     /// A push connection to the primary (any node of a cluster: pub/sub
@@ -279,18 +368,19 @@ impl RedisStore {
             Topology::Cluster(urls) => {
                 let mut last = StoreError::Unavailable("no cluster seed".into());
                 for u in urls {
-                    match Self::push_connection_to(u).await {
+                    match self.push_connection_to(&self.access.data_url(u)).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = e,
                     }
                 }
                 Err(last)
             }
-            _ => Self::push_connection_to(&self.primary_url().await?).await,
+            _ => self.push_connection_to(&self.primary_url().await?).await,
         }
     }
 
-    /// The masters of a cluster, as redis:// URLs (each tracks its keys).
+    /// The masters of a cluster, as URLs of the seeds' scheme with the
+    /// configured credentials (each tracks its own keys).
     async fn cluster_masters(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
         let nodes: String = redis::cmd("CLUSTER")
@@ -304,8 +394,15 @@ impl RedisStore {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 let addr = f.get(1)?.split('@').next()?;
                 let flags = f.get(2)?;
-                (flags.split(',').any(|x| x == "master") && !flags.contains("fail"))
-                    .then(|| format!("redis://{addr}"))
+                let (host, port) = addr.rsplit_once(':')?;
+                let port: u16 = port.parse().ok()?;
+                (flags.split(',').any(|x| x == "master") && !flags.contains("fail")).then(|| {
+                    let like = match &self.topology {
+                        Topology::Cluster(urls) => urls.first().map_or("", String::as_str),
+                        _ => "",
+                    };
+                    self.access.data_url(&node_url(like, host, port))
+                })
             })
             .collect();
         masters.sort();
@@ -363,7 +460,7 @@ impl RedisStore {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut conns = Vec::with_capacity(urls.len());
         for url in &urls {
-            let mut conn = connect_push(url, tx.clone()).await?;
+            let mut conn = connect_push(&self.access, url, tx.clone()).await?;
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
@@ -494,8 +591,11 @@ impl Store for RedisStore {
             }
         };
         REVOKE
-            .key(REVOKED_JTIS)
-            .key(REVOKED_SUBS)
+            .key(if kind == "jti" {
+                REVOKED_JTIS
+            } else {
+                REVOKED_SUBS
+            })
             .arg(kind)
             .arg(member)
             .arg(value)
@@ -509,11 +609,19 @@ impl Store for RedisStore {
 
     async fn load_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
         let mut conn = self.conn().await?;
-        let (jtis, subs): (Vec<(String, String)>, Vec<(String, String)>) = LOAD_REVOCATIONS
-            .key(REVOKED_JTIS)
-            .key(REVOKED_SUBS)
+        // Two single-key reads (each follows a reshard's ASK/MOVED); the
+        // mirror subscribes before it reads, so nothing falls in between.
+        let jtis: Vec<(String, String)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(REVOKED_JTIS)
             .arg(format!("({now}"))
-            .invoke_async(&mut conn)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let subs: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(REVOKED_SUBS)
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
         let mut out = Vec::with_capacity(jtis.len() + subs.len());
@@ -595,17 +703,12 @@ static SESSION_GET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::ne
     redis::Script::new("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
 });
 
-/// Every revocation in force, in one command.
-static LOAD_REVOCATIONS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "return {redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES'), redis.call('HGETALL', KEYS[2])}",
-    )
-});
-
 /// Records a jti or subject revocation and announces it, atomically, in
-/// one command (a cluster reshard redirects single commands cleanly; a
-/// MULTI block it does not). KEYS: the jti set, the subject hash. ARGV:
-/// kind, member or field, score or value, now, channel, message.
+/// one command that names one key: a cluster reshard redirects single-key
+/// commands cleanly (ASK, MOVED), while a MULTI block, or a script naming
+/// two keys of a slot in mid-migration, gets TRYAGAIN until the migration
+/// ends. KEYS: the jti set or the subject hash. ARGV: kind, member or field,
+/// score or value, now, channel, message.
 static REVOKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -613,7 +716,7 @@ if ARGV[1] == 'jti' then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 else
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1

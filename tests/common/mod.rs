@@ -831,7 +831,7 @@ impl Resp {
     }
 }
 
-fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+pub fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
     let line = read_line(r)?;
     let (kind, rest) = line.split_at(1.min(line.len()));
     let num = || {

@@ -1,0 +1,235 @@
+//! Request heads under a deadline and a size cap, before pingora parses
+//! them. pingora 0.9 times out each read of a head (60 s) but not the head
+//! as a whole, and takes heads up to 1 MiB: a client trickling one byte
+//! every few seconds held a connection for hours (slowloris,
+//! docs/security.md F4), and a 512 KB header was forwarded to backends that
+//! refuse a hundredth of it (F5). This wrapper reads each HTTP/1 head itself
+//! — a fresh connection's and every keep-alive request's — within
+//! `request_header_timeout` and `max_header_bytes`, answers 408 or 431
+//! otherwise, and hands the bytes to pingora as an already-read prefix
+//! (`set_pipelined_prefix`), so pingora parses exactly what it would have
+//! read and no byte is read twice or lost.
+
+use crate::denial::Reason;
+use crate::state::State;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a connection may sit idle before its next request (the first
+/// byte of a head), as pingora's keep-alive timeout.
+const IDLE: Duration = Duration::from_secs(60);
+/// Longest wait to deliver a 408/431 to a client that does not read, and
+/// to drain what it is still sending.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes drained after a refusal before closing anyway.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The limits a head is read under.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// From the first byte of a head to its end.
+    pub timeout: Duration,
+    /// Request line and headers, with their line ends.
+    pub max_bytes: usize,
+}
+
+/// A pingora HTTP app (the proxy) behind the head guard.
+pub struct HeadGuard<A> {
+    inner: Arc<A>,
+    limits: HeadLimits,
+    state: Arc<State>,
+}
+
+impl<A> HeadGuard<A> {
+    /// Wraps `inner`; `limits` are bound at start-up.
+    pub fn new(inner: A, limits: HeadLimits, state: Arc<State>) -> Self {
+        HeadGuard {
+            inner: Arc::new(inner),
+            limits,
+            state,
+        }
+    }
+}
+
+/// What reading a head gave.
+#[derive(Debug)]
+enum Head {
+    /// The head (and whatever followed it in the same reads).
+    Read(BytesMut),
+    /// Closed, idle past the keep-alive time, or shutting down: nothing to say.
+    Gone,
+    TimedOut,
+    TooLarge,
+}
+
+/// The end of a head in `buf` (after its blank line), searching from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf.get(i..)?.iter().position(|&c| c == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+async fn read_head(stream: &mut Stream, limits: HeadLimits, shutdown: &ShutdownWatch) -> Head {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut stop = shutdown.clone();
+    let first = tokio::select! {
+        biased;
+        r = tokio::time::timeout(IDLE, stream.read_buf(&mut buf)) => r,
+        _ = stop.wait_for(|down| *down) => return Head::Gone,
+    };
+    if !matches!(first, Ok(Ok(n)) if n > 0) {
+        return Head::Gone;
+    }
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    // a blank line can start one byte before the newest bytes
+    let mut from = 0;
+    loop {
+        if let Some(end) = head_end(&buf, from) {
+            return if end > limits.max_bytes {
+                Head::TooLarge
+            } else {
+                Head::Read(buf)
+            };
+        }
+        if buf.len() > limits.max_bytes {
+            return Head::TooLarge;
+        }
+        from = buf.len().saturating_sub(2);
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Head::Gone,
+        }
+    }
+}
+
+/// Answers a refused head and closes: the client learns why (408, 431)
+/// instead of seeing a reset.
+async fn refuse(mut stream: Stream, reason: Reason) {
+    let r = reason.response();
+    let text = match r.status {
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    let answer = format!(
+        "HTTP/1.1 {} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        r.status,
+        r.body.len(),
+        r.body
+    );
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+        // Lingering close (as nginx's): read what the client is still
+        // sending, so closing with unread bytes doesn't reset the connection
+        // and destroy the answer before the client reads it.
+        let mut sink = [0u8; 8192];
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+#[async_trait]
+impl<A> ServerApp for HeadGuard<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // not offered by authgate's listeners; pingora's own handling
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let head = match read_head(&mut stream, self.limits, shutdown).await {
+                Head::Read(head) => head,
+                Head::Gone => return None,
+                Head::TimedOut => {
+                    self.state.metrics.heads_refused("timeout");
+                    refuse(stream, Reason::HeadTimeout).await;
+                    return None;
+                }
+                Head::TooLarge => {
+                    self.state.metrics.heads_refused("too_large");
+                    refuse(stream, Reason::HeadTooLarge).await;
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                // authgate never turns pipelining on, so these carry no
+                // prefix of their own
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(if *shutdown.borrow() {
+                        None
+                    } else {
+                        Some(IDLE.as_secs())
+                    });
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            session.set_pipelined_prefix(head);
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+        }
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.inner).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_end;
+
+    #[test]
+    fn finds_the_blank_line() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nbody", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r", 0), None);
+        // resumed two bytes before the newest read
+        let b = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(head_end(b, b.len() - 3), Some(b.len()));
+    }
+}
