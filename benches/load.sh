@@ -12,6 +12,9 @@
 #   nginx proxy_pass                 1 worker, upstream keepalive (the baseline)
 #   authgate pass-through            auth = "none", threads = 1
 #   authgate pass-through, log off   the same with RUST_LOG=warn (no request log line)
+#   ..., glibc malloc                pass-through and the RS256 pool on a build with
+#                                    glibc's malloc (--no-default-features): the
+#                                    allocator A/B
 #   authgate <alg>, 1,000-token pool HS256 RS256 ES256 EdDSA, 1,000 users' tokens in turn
 #   authgate <alg>, distinct tokens  every token used once (minted here), cache on:
 #                                    a cache miss, verification and insert per request
@@ -94,6 +97,12 @@ haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }' | cut -d- 
 
 # --- build -----------------------------------------------------------------
 log "building target/release/authgate and the load tools (release)"
+# First without default features (glibc malloc instead of mimalloc), kept
+# aside for the allocator A/B rows, then the shipped build.
+mkdir -p "$ROOT/target/bench-load"
+cargo build --release --bin authgate --no-default-features >&2 || die "cargo build --release --no-default-features failed"
+AUTHGATE_GLIBC=$ROOT/target/bench-load/authgate-glibc-malloc
+cp "$ROOT/target/release/authgate" "$AUTHGATE_GLIBC"
 cargo build --release --bin authgate >&2 || die "cargo build --release failed"
 AUTHGATE=$ROOT/target/release/authgate
 [ -x "$AUTHGATE" ] || die "no $AUTHGATE"
@@ -357,12 +366,12 @@ EOF
   printf '%s\n' "$4" >>"$1"
 }
 
-start_gw() { # NAME CONFIG ADMIN_PORT [ENV...] -> sets GW_PID
-  local name=$1 cfg=$2 adm=$3
+start_gw() { # NAME CONFIG ADMIN_PORT [ENV...] -> sets GW_PID (binary: AG_BIN, else $AUTHGATE)
+  local name=$1 cfg=$2 adm=$3 bin=${AG_BIN:-$AUTHGATE}
   shift 3
-  env "$@" "$AUTHGATE" check --config "$cfg" >/dev/null 2>"$WORK/$name.check" ||
+  env "$@" "$bin" check --config "$cfg" >/dev/null 2>"$WORK/$name.check" ||
     die "$name: invalid config: $(cat "$WORK/$name.check")"
-  env "$@" "${ON_SERVER[@]}" "$AUTHGATE" serve --config "$cfg" >/dev/null 2>"$WORK/$name.err" &
+  env "$@" "${ON_SERVER[@]}" "$bin" serve --config "$cfg" >/dev/null 2>"$WORK/$name.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
   wait_http "http://127.0.0.1:$adm/readyz" "$GW_PID" "authgate ($name)" "$WORK/$name.err"
@@ -484,6 +493,12 @@ for round in $(seq "$ROUNDS"); do
     row "ag_dist_$a" "authgate $a, every token distinct" "$GW/${PFX[$a]}/" "$TOK/$a-distinct.txt" bearer \
       "$TOK/$a-pool.txt" "$P_GWADM"
   done
+  stop_pid "$GW_PID" INT
+
+  # The same gateway built with glibc's malloc instead of mimalloc (A/B).
+  AG_BIN=$AUTHGATE_GLIBC start_gw gwglibc "$WORK/gw.toml" "$P_GWADM"
+  row ag_glibc_pass "authgate pass-through, glibc malloc" "$GW/none/"
+  row ag_glibc_pool_RS256 "authgate RS256, 1,000-token pool, glibc malloc" "$GW/${PFX[RS256]}/" "$TOK/RS256-pool.txt" bearer "" "$P_GWADM"
   stop_pid "$GW_PID" INT
 
   # The same gateway with no request log line (what the log costs).

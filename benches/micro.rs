@@ -201,6 +201,7 @@ fn identity(sub: usize) -> Arc<Identity> {
         claims: Arc::new(Default::default()),
         jti: None,
         iat: None,
+        rendered: Default::default(),
     })
 }
 

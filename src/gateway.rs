@@ -594,27 +594,20 @@ impl ProxyHttp for Gateway {
         let Some(id) = &ctx.identity else {
             return Ok(());
         };
-        if let Some(s) = &id.subject {
-            upstream_request.insert_header("X-Auth-Subject", header_safe(s).into_owned())?;
+        let r = id.rendered();
+        if let Some(v) = &r.subject {
+            upstream_request.insert_header("X-Auth-Subject", v.clone())?;
         }
         upstream_request.insert_header("X-Auth-Method", id.method.as_str())?;
-        if let Some(i) = &id.issuer {
-            upstream_request.insert_header("X-Auth-Issuer", header_safe(i).into_owned())?;
-        }
-        if let Some(e) = &id.email {
-            upstream_request.insert_header("X-Auth-Email", header_safe(e).into_owned())?;
-        }
-        if !id.roles.is_empty() {
-            upstream_request.insert_header(
-                "X-Auth-Roles",
-                header_safe(&id.roles.join(",")).into_owned(),
-            )?;
-        }
-        if !id.scopes.is_empty() {
-            upstream_request.insert_header(
-                "X-Auth-Scopes",
-                header_safe(&id.scopes.join(",")).into_owned(),
-            )?;
+        for (name, value) in [
+            ("X-Auth-Issuer", &r.issuer),
+            ("X-Auth-Email", &r.email),
+            ("X-Auth-Roles", &r.roles),
+            ("X-Auth-Scopes", &r.scopes),
+        ] {
+            if let Some(v) = value {
+                upstream_request.insert_header(name, v.clone())?;
+            }
         }
         if let Some((rt, route)) = ctx
             .rt

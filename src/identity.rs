@@ -2,7 +2,7 @@
 //! place (rpxy's header_ops idea): which client headers are stripped, which
 //! identity headers are injected, and how `X-Forwarded-For` is trusted.
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -40,6 +40,25 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The token's `iat` in unix seconds (revocation by subject).
     pub iat: Option<i64>,
+    /// The identity headers' values, rendered on first use.
+    pub rendered: std::sync::OnceLock<Rendered>,
+}
+
+/// The identity headers' values, rendered once per identity: a cached
+/// token's identity serves every later request with that token, and cloning
+/// a `HeaderValue` is a reference count, not an allocation and a copy.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    pub subject: Option<HeaderValue>,
+    pub issuer: Option<HeaderValue>,
+    pub email: Option<HeaderValue>,
+    pub roles: Option<HeaderValue>,
+    pub scopes: Option<HeaderValue>,
+}
+
+/// A header value for `s`, control characters percent-encoded.
+fn header_value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(header_safe(s).into_owned())).ok()
 }
 
 /// Roles from `roles` or `role`: a string (one role) or an array of strings.
@@ -99,7 +118,22 @@ impl Identity {
             claims: Arc::new(claims),
             jti,
             iat,
+            rendered: Default::default(),
         }
+    }
+
+    /// The `X-Auth-*` values, rendered on the first call.
+    pub fn rendered(&self) -> &Rendered {
+        self.rendered.get_or_init(|| {
+            let list = |l: &[String]| (!l.is_empty()).then(|| l.join(","));
+            Rendered {
+                subject: self.subject.as_deref().and_then(header_value),
+                issuer: self.issuer.as_deref().and_then(header_value),
+                email: self.email.as_deref().and_then(header_value),
+                roles: list(&self.roles).as_deref().and_then(header_value),
+                scopes: list(&self.scopes).as_deref().and_then(header_value),
+            }
+        })
     }
 
     /// A claim rendered as a header value: strings as they are, numbers and

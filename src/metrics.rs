@@ -20,6 +20,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub revocation_mirror: IntGaugeVec,
     pub token_cache: IntCounterVec,
+    /// `token_cache{result="hit"}` and `{result="miss"}`, resolved once (a
+    /// label lookup hashes and locks on every JWT request otherwise).
+    pub token_cache_hit: IntCounter,
+    pub token_cache_miss: IntCounter,
     /// Request heads refused before routing (`timeout`: 408, `too_large`: 431).
     pub heads_refused: IntCounterVec,
 }
@@ -153,6 +157,8 @@ impl Metrics {
             jwks_refresh,
             config_reloads,
             revocation_mirror,
+            token_cache_hit: token_cache.with_label_values(&["hit"]),
+            token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,
             heads_refused,
         })

@@ -190,6 +190,7 @@ mod tests {
             claims: Arc::new(Default::default()),
             jti: jti.map(String::from),
             iat,
+            rendered: Default::default(),
         }
     }
 

@@ -197,6 +197,7 @@ mod tests {
                 claims: Arc::new(Default::default()),
                 jti: None,
                 iat: None,
+                rendered: Default::default(),
             }),
             expires_ms: None,
             original_max_age_ms: None,

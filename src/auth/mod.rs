@@ -204,7 +204,7 @@ async fn by_jwt(
     });
     let identity = match hit {
         Some(e) if now < e.expires_at => {
-            state.metrics.token_cache.with_label_values(&["hit"]).inc();
+            state.metrics.token_cache_hit.inc();
             e.identity.clone()
         }
         Some(_) => {
@@ -215,7 +215,7 @@ async fn by_jwt(
         }
         None => {
             if key.is_some() {
-                state.metrics.token_cache.with_label_values(&["miss"]).inc();
+                state.metrics.token_cache_miss.inc();
             }
             let v = verify_with_refetch(state, rt, route, token).await?;
             let identity = Arc::new(v.identity);

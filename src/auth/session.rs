@@ -174,6 +174,7 @@ pub fn parse_session(json: &str, s: &SessionSettings) -> Result<ParsedSession, R
             claims: Arc::new(map),
             jti: None,
             iat: None,
+            rendered: Default::default(),
         },
         expires_ms,
         original_max_age_ms,

@@ -783,3 +783,36 @@ return 1
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovered_nodes_get_the_scheme_and_the_configured_credentials() {
+        let access = Access {
+            username: Some("gate".into()),
+            password: Some("p@ss:w/rd".into()),
+            ca_pem: None,
+        };
+        // a Sentinel's master or a cluster node: the source URL's scheme
+        let master = node_url("rediss://:sentinel-pw@10.0.0.1:26379", "10.0.0.9", 6380);
+        assert_eq!(master, "rediss://10.0.0.9:6380");
+        assert_eq!(node_url("redis://h:1", "::1", 7000), "redis://[::1]:7000");
+        let url = access.data_url(&format!("{master}/0"));
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+        assert_eq!(info.redis_settings().username(), Some("gate"));
+        assert_eq!(info.redis_settings().password(), Some("p@ss:w/rd"));
+        // configured credentials replace a URL's own
+        let url = access.data_url("redis://other:old@127.0.0.1:6379/2");
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+        assert_eq!(info.redis_settings().username(), Some("gate"));
+        assert_eq!(info.redis_settings().db(), 2);
+        // without configured credentials the URL is kept as it is
+        let plain = Access::default();
+        assert_eq!(plain.data_url("redis://u:p@h:1/0"), "redis://u:p@h:1/0");
+        assert!(is_tls("REDISS://h:1") && !is_tls("redis://h:1"));
+        // the password never shows in Debug output
+        assert!(!format!("{access:?}").contains("p@ss"));
+    }
+}
