@@ -11,12 +11,14 @@
 //! revocation is stored there, sessions are read from it and its `DEL`s are
 //! seen within 1 s. The revocation acknowledged before the failover is still
 //! enforced, by the running instance and by one started after the failover
-//! (which loads it from the new master).
+//! (which loads it from the new master). The same failover with AUTH on the
+//! data nodes (an ACL user, `[store] username` + `password_env`): authgate
+//! authenticates to whichever master Sentinel names.
 
 mod common;
 
 use authgate::auth::session::sign_cookie;
-use common::cluster::{subscribers, tracking_clients, SentinelSetup};
+use common::cluster::{redis_pipeline, subscribers, tracking_clients, SentinelSetup};
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -462,5 +464,99 @@ fn a_revocation_the_replica_never_received_is_lost_from_redis_but_kept_by_runnin
     assert!(
         seen.is_some(),
         "the re-issued revocation did not reach C within 1 s"
+    );
+}
+
+/// The data nodes require AUTH (an ACL user; the `default` user may still
+/// ping, replicate and be driven by Sentinel, but read, write and run
+/// scripts on nothing): authgate authenticates to the master Sentinel names
+/// with `[store] username` + `password_env`, before and after a failover.
+#[test]
+fn failover_with_acl_authentication_on_the_data_nodes() {
+    const PW: &str = "gate-pw-0123456789";
+    let acl = [
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-@read",
+        "-@write",
+        "-@scripting",
+        "--user",
+        "gate",
+        "on",
+        ">gate-pw-0123456789",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let mut s = SentinelSetup::start_with("mymaster", &acl);
+    let as_gate = |addr: &str, args: &[&str]| -> Resp {
+        let mut r = redis_pipeline(addr, &[&["AUTH", "gate", PW], args]).unwrap();
+        r.pop().unwrap()
+    };
+    // Without credentials the data is out of reach.
+    match s.master.query(&["ZCARD", REVOKED_JTIS]) {
+        Resp::Error(e) => assert!(e.starts_with("NOPERM"), "{e}"),
+        other => panic!("an unauthenticated ZCARD answered {other:?}"),
+    }
+    let up = Upstream::start();
+    let toml = config(&s.sentinel_url(), &s.name)
+        .replace(
+            "on_error = \"deny\"",
+            "on_error = \"deny\"\nusername = \"gate\"\npassword_env = \"REDIS_PASSWORD\"",
+        )
+        .replace("{upstream}", &up.addr);
+    let mut e = env().to_vec();
+    e.push(("REDIS_PASSWORD", PW));
+    let gw = Gateway::start(&toml, &e);
+    wait_ready(&gw, Duration::from_secs(15));
+
+    let t1 = tok("alice", "a1");
+    let t2 = tok("alice", "a2");
+    let r = revoke(&gw, &json!({"jti": "a1", "exp": exp_of(&t1)}));
+    assert_eq!(r.status, 200, "revoke a1: {}", r.text());
+    assert_revoked(&gw, &t1, "a1");
+    assert_limit_enforced(&gw, "acl-before", "rate limit as the ACL user");
+    assert_eq!(
+        as_gate(&s.master.addr(), &["ZSCORE", REVOKED_JTIS, "a1"]).text(),
+        exp_of(&t1).to_string()
+    );
+    let replicated = poll_until(Duration::from_secs(5), || {
+        (as_gate(&s.replica.addr(), &["ZSCORE", REVOKED_JTIS, "a1"]).text()
+            == exp_of(&t1).to_string())
+        .then_some(())
+    });
+    assert!(replicated.is_some(), "a1 not replicated:\n{}", s.logs());
+
+    s.master.kill();
+    let new_master = s.replica.addr();
+    let promoted = poll_until(FAILOVER_DEADLINE, || {
+        (s.master_addr().as_deref() == Some(new_master.as_str())).then_some(())
+    });
+    assert!(promoted.is_some(), "no promotion:\n{}", s.logs());
+    // authgate re-resolves the master and authenticates to it
+    let written = poll_until(FAILOVER_DEADLINE, || {
+        let r = revoke(&gw, &json!({"jti": "a2", "exp": exp_of(&t2)}));
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        written.is_some(),
+        "no revocation accepted after the failover:\n{}\n{}",
+        s.logs(),
+        gw.stderr()
+    );
+    assert_revoked(&gw, &t1, "a1 after the failover");
+    assert_revoked(&gw, &t2, "a2 after the failover");
+    assert_eq!(
+        as_gate(&new_master, &["ZSCORE", REVOKED_JTIS, "a2"]).text(),
+        exp_of(&t2).to_string()
+    );
+    assert!(
+        !format!("{}{}", gw.logs(), gw.stderr()).contains(PW),
+        "the password was logged"
     );
 }

@@ -568,12 +568,18 @@ impl SentinelSetup {
     /// Starts all three and waits until the replica is in sync and the
     /// sentinel knows both the master and the replica.
     pub fn start(name: &str) -> SentinelSetup {
-        let master = RedisNode::plain("sentinel-master", &[]);
+        SentinelSetup::start_with(name, &[])
+    }
+
+    /// [`SentinelSetup::start`] with `extra` arguments for the master and
+    /// the replica (e.g. ACL users; the `default` user must keep `PING`,
+    /// `INFO`, replication and what Sentinel sends).
+    pub fn start_with(name: &str, extra: &[&str]) -> SentinelSetup {
+        let master = RedisNode::plain("sentinel-master", extra);
         let master_port = master.port.to_string();
-        let replica = RedisNode::plain(
-            "sentinel-replica",
-            &["--replicaof", "127.0.0.1", &master_port],
-        );
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        replica_args.extend_from_slice(extra);
+        let replica = RedisNode::plain("sentinel-replica", &replica_args);
         let deadline = Instant::now() + START_DEADLINE;
         while replica
             .info_field("replication", "master_link_status")
