@@ -98,7 +98,14 @@ async fn read_head(stream: &mut Stream, limits: HeadLimits, shutdown: &ShutdownW
     // a blank line can start one byte before the newest bytes
     let mut from = 0;
     loop {
-        if let Some(end) = head_end(&buf, from) {
+        // Empty lines before a request line are allowed (RFC 9112 §2.2) and
+        // are no head: they must not end the search, or a client could send
+        // them and then trickle the real head past the deadline.
+        let lead = buf
+            .iter()
+            .take_while(|&&c| c == b'\r' || c == b'\n')
+            .count();
+        if let Some(end) = head_end(&buf, from.max(lead)) {
             return if end > limits.max_bytes {
                 Head::TooLarge
             } else {
@@ -231,5 +238,41 @@ mod tests {
         // resumed two bytes before the newest read
         let b = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(head_end(b, b.len() - 3), Some(b.len()));
+    }
+
+    #[tokio::test]
+    async fn leading_empty_lines_do_not_end_the_deadline() {
+        use super::{read_head, Head, HeadLimits};
+        use std::time::Duration;
+        let limits = HeadLimits {
+            timeout: Duration::from_millis(200),
+            max_bytes: 4096,
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        use tokio::io::AsyncWriteExt;
+        // empty lines, then a head that never ends (the client stays
+        // connected): timed out
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"\r\n\r\n\n\nGET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut stream: pingora::protocols::Stream = Box::new(server);
+        assert!(matches!(
+            read_head(&mut stream, limits, &rx).await,
+            Head::TimedOut
+        ));
+        // empty lines, then a whole head: read
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut stream: pingora::protocols::Stream = Box::new(server);
+        assert!(matches!(
+            read_head(&mut stream, limits, &rx).await,
+            Head::Read(_)
+        ));
+        drop(client);
     }
 }
