@@ -24,9 +24,18 @@ struct Input {
     path: String,
 }
 
+/// A segment a backend may resolve as `.` or `..`: also encoded (`%2e`) and
+/// with path parameters (`..;x`, as servlet containers read it).
 fn is_dot_segment(seg: &str) -> bool {
+    let seg = seg.split(';').next().unwrap_or(seg);
     let lower = seg.to_ascii_lowercase().replace("%2e", ".");
     lower == "." || lower == ".."
+}
+
+/// Separators a backend may see that the router would not.
+fn has_hidden_separator(p: &str) -> bool {
+    let l = p.to_ascii_lowercase();
+    l.contains('\\') || l.contains("%2f") || l.contains("%5c")
 }
 
 fn accepts(m: &Matcher, host: &str, method: &str) -> bool {
@@ -97,6 +106,10 @@ fuzz_target!(|input: Input| {
                 !p.split('/').any(is_dot_segment),
                 "normalize let a dot segment through: {p:?}"
             );
+            assert!(
+                !has_hidden_separator(&p),
+                "normalize let an encoded separator through: {p:?}"
+            );
             assert_eq!(normalize(&p).as_deref(), Ok(&*p), "not idempotent");
             assert_eq!(
                 router.resolve(host, &input.method, &p),
@@ -109,7 +122,8 @@ fuzz_target!(|input: Input| {
         Err(_) => {
             assert!(
                 !(input.path.starts_with('/') || input.path == "*")
-                    || input.path.split('/').any(is_dot_segment),
+                    || input.path.split('/').any(is_dot_segment)
+                    || has_hidden_separator(&input.path),
                 "refused a safe path {:?}",
                 input.path
             );
