@@ -1188,9 +1188,9 @@ fn a_large_body_whose_first_packet_cuts_the_username_is_still_keyed_on_it() {
     assert_eq!(up.hits(), hits);
 }
 
-/// `Expect: 100-continue` is documented to use the IP key (the body is not
-/// waited for), so any client can opt out of its username budget by adding the
-/// header. Kept as a repro of that design weakness, not run by default.
+/// `Expect: 100-continue` must not let a client opt out of its username
+/// budget: the gateway answers `100 Continue` itself and keys on the body
+/// (an early design used the IP key here, which this test caught).
 #[test]
 fn expect_100_continue_does_not_escape_the_username_budget() {
     let (gw, up) = exhausted_alice();
@@ -1318,12 +1318,11 @@ fn keep_alive_connections_carry_limited_requests_with_bodies() {
     assert_eq!(up.hits(), 3);
 }
 
-/// `count = "failures"` is checked before the request and consumed when the
-/// upstream's 401 arrives (docs/config.md), so attempts in flight at the same
-/// time are all checked against an unconsumed budget: with limit 3, a burst of
-/// 10 concurrent wrong passwords all reach the upstream. Kept as a repro of that
-/// design weakness (a per-account guessing limit that parallelism multiplies),
-/// not run by default.
+/// `count = "failures"` charges each attempt before forwarding it and
+/// refunds it when the answer is not a failure, so attempts in flight at the
+/// same time cannot all pass an unconsumed budget: with limit 3, a burst of 10
+/// concurrent wrong passwords lets at most 3 reach the upstream (an early
+/// count-after-response design let all 10 through, which this test caught).
 #[test]
 fn concurrent_failures_are_bounded_by_the_limit() {
     fn slow_401(_req: &RecordedRequest) -> u16 {
