@@ -128,14 +128,14 @@ async fn read_head(stream: &mut Stream, limits: HeadLimits, shutdown: &ShutdownW
 /// Answers a refused head and closes: the client learns why (408, 431)
 /// instead of seeing a reset.
 async fn refuse(mut stream: Stream, reason: Reason) {
+    // the same status, body and headers as every other denial
     let r = reason.response();
-    let text = match r.status {
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        _ => "Bad Request",
-    };
+    let text = http::StatusCode::from_u16(r.status)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
     let answer = format!(
-        "HTTP/1.1 {} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "HTTP/1.1 {} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
         r.status,
         r.body.len(),
         r.body

@@ -848,4 +848,46 @@ window = "1m"
         b"username=random-9&password=guess&username=victim",
     );
     assert_eq!(r.status, 400, "two different form usernames: {}", r.text());
+    assert_error(&r, 400, "bad_request", "malformed");
+    // over the 64 KiB a body-keyed route reads: the contract's JSON error
+    let big = format!(r#"{{"username":"victim","pad":"{}"}}"#, "x".repeat(70_000));
+    let r = request(&gw.proxy_addr, "POST", "/login", &json, big.as_bytes());
+    assert_error(&r, 413, "payload_too_large", "malformed");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+}
+
+/// Heads refused before routing (431, 408) and an HTTP/1.1 request without
+/// `Host` (400) get what every other error gets (CONTRACT.md: "Every error
+/// body is JSON {"error": CODE, "reason": REASON}"), with `Cache-Control:
+/// no-store`.
+#[test]
+fn refused_heads_get_the_contract_json_error() {
+    let (gw, up) = start();
+    let big = "b".repeat(100 * 1024);
+    let r = try_request(&gw.proxy_addr, "GET", "/public/x", &[("X-Big", &big)], b"")
+        .expect("a readable 431");
+    assert_error(&r, 431, "request_header_fields_too_large", "malformed");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let raw = |bytes: &[u8]| -> String {
+        let mut c = TcpStream::connect(&gw.proxy_addr).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = raw(b"GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 400"), "no Host: {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{head}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).ok(),
+        Some(json!({"error": "bad_request", "reason": "malformed"})),
+        "no Host: {body}"
+    );
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
 }
