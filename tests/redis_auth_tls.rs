@@ -13,14 +13,13 @@
 
 mod common;
 
+use common::cluster::RedisNode;
 use common::ops::Pki;
 use common::*;
 use serde_json::json;
 use std::fs;
-use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -63,98 +62,24 @@ limit = 3
 window = "1h"
 "#;
 
-/// A `redis-server` child with arbitrary arguments, on a free loopback port
-/// (plus a TLS port when asked), killed on drop.
-struct Server {
-    port: u16,
-    tls_port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Server {
-    fn start(extra: &[String]) -> Server {
-        let dir = temp_dir("redis-auth");
-        let port = free_port();
-        let tls_port = free_port();
-        let extra: Vec<String> = extra
-            .iter()
-            .map(|a| a.replace("{tls_port}", &tls_port.to_string()))
-            .collect();
-        let log = fs::File::create(dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(&extra)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("redis-server (scripts/prereqs.sh installs it)");
-        let mut s = Server {
-            port,
-            tls_port,
-            dir,
-            child,
-        };
-        // Ready when the plain port answers anything (NOAUTH included).
+/// A `redis-server` with `extra` arguments (`{tls_port}` replaced by a free
+/// port, also returned), answering on a plain loopback port too.
+fn server(extra: &[String]) -> (RedisNode, u16) {
+    let tls_port = free_port();
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| a.replace("{tls_port}", &tls_port.to_string()))
+        .collect();
+    let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let node = RedisNode::plain("redis-auth", &args);
+    if extra.iter().any(|a| a == "--tls-port") {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while redis_query(&s.addr(), &["PING"]).is_err() {
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!(
-                    "redis-server exited ({st}):\n{}",
-                    fs::read_to_string(s.dir.join("redis.log")).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+            assert!(Instant::now() < deadline, "no TLS port:\n{}", node.log());
             thread::sleep(Duration::from_millis(20));
         }
-        // the TLS port is opened with the plain one; give it a moment anyway
-        if extra.iter().any(|a| a == "--tls-port") {
-            while TcpStream::connect(("127.0.0.1", s.tls_port)).is_err() {
-                assert!(Instant::now() < deadline, "no TLS port");
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        s
     }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `auth` (e.g. `["AUTH", pw]`), then `args`, on one plain connection.
-    fn query(&self, auth: &[&str], args: &[&str]) -> Resp {
-        let stream = TcpStream::connect(self.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut r = BufReader::new(stream.try_clone().unwrap());
-        for cmd in [auth, args] {
-            let mut req = format!("*{}\r\n", cmd.len()).into_bytes();
-            for a in cmd {
-                req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-            }
-            (&stream).write_all(&req).unwrap();
-            let resp = read_resp(&mut r).unwrap();
-            if cmd == args {
-                return resp;
-            }
-            assert!(matches!(resp, Resp::Simple(_)), "AUTH: {resp:?}");
-        }
-        unreachable!()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
+    (node, tls_port)
 }
 
 fn env() -> Vec<(&'static str, &'static str)> {
@@ -212,7 +137,7 @@ fn revoke(gw: &Gateway, jti: &str) -> Response {
 
 /// Revoked on `a`, enforced on `b` within 1 s; in Redis; the shared
 /// rate limit lets exactly 3 of 6 through across both.
-fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &Server, auth: &[&str]) {
+fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &RedisNode, auth: &[&str]) {
     let jti = format!("jti-{}", now());
     let token = hs_token(&hs_claims("alice", json!({ "jti": jti })));
     assert_eq!(b.get_bearer("/api/x", &token).status, 200);
@@ -232,7 +157,7 @@ fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &Server, auth: &[&str]) 
         );
         thread::sleep(Duration::from_millis(20));
     }
-    match redis.query(auth, &["ZSCORE", REVOKED_JTIS, &jti]) {
+    match redis.query_after(auth, &["ZSCORE", REVOKED_JTIS, &jti]) {
         Resp::Bulk(Some(_)) => {}
         other => panic!("the jti is not in Redis: {other:?}"),
     }
@@ -255,7 +180,7 @@ fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &Server, auth: &[&str]) 
 
 #[test]
 fn requirepass_with_the_password_from_the_environment() {
-    let redis = Server::start(&["--requirepass".into(), PASSWORD.into()]);
+    let (redis, _) = server(&["--requirepass".into(), PASSWORD.into()]);
     // unauthenticated clients get nothing
     assert!(matches!(
         redis_query(&redis.addr(), &["ZCARD", REVOKED_JTIS]),
@@ -271,7 +196,7 @@ fn requirepass_with_the_password_from_the_environment() {
 
 #[test]
 fn a_wrong_password_fails_closed_and_is_not_logged() {
-    let redis = Server::start(&["--requirepass".into(), PASSWORD.into()]);
+    let (redis, _) = server(&["--requirepass".into(), PASSWORD.into()]);
     let up = Upstream::start();
     let store = format!(
         "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_env = \"WRONG_PASSWORD\"",
@@ -294,14 +219,14 @@ fn a_wrong_password_fails_closed_and_is_not_logged() {
         "the password was logged"
     );
     assert_eq!(
-        redis.query(&["AUTH", PASSWORD], &["EXISTS", REVOKED_JTIS]),
+        redis.query_after(&["AUTH", PASSWORD], &["EXISTS", REVOKED_JTIS]),
         Resp::Int(0)
     );
 }
 
 #[test]
 fn an_acl_user_in_the_url_or_with_username_and_password_file() {
-    let redis = Server::start(&[
+    let (redis, _) = server(&[
         "--user".into(),
         "default".into(),
         "off".into(),
@@ -367,10 +292,10 @@ fn rediss_with_a_ca_file_and_requirepass() {
             PASSWORD.into(),
         ]
     };
-    let redis = Server::start(&tls_args(&cert, &key));
+    let (redis, tls_port) = server(&tls_args(&cert, &key));
     let store = format!(
         "[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{}/0\"\nca_file = \"{}\"\npassword_env = \"REDIS_PASSWORD\"",
-        redis.tls_port,
+        tls_port,
         pki.ca.display()
     );
     // the gateways know only the TLS port

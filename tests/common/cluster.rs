@@ -85,6 +85,18 @@ impl RedisNode {
         panic!("{tag}: redis-server did not start: {last}");
     }
 
+    /// `args` then `args2` on one connection (e.g. `AUTH` then a command):
+    /// the reply to `args2`; the first must not be an error.
+    pub fn query_after(&self, args: &[&str], args2: &[&str]) -> Resp {
+        let mut replies = redis_pipeline(&self.addr(), &[args, args2])
+            .unwrap_or_else(|e| panic!("redis {args2:?} on {}: {e}", self.addr()));
+        let second = replies.pop().unwrap_or(Resp::Array(None));
+        if let Some(Resp::Error(e)) = replies.pop() {
+            panic!("redis {args:?} on {}: {e}", self.addr());
+        }
+        second
+    }
+
     /// A plain node: `--port P --bind 127.0.0.1 --save "" --appendonly no`, plus `extra`.
     pub fn plain(tag: &str, extra: &[&str]) -> RedisNode {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -105,10 +117,11 @@ impl RedisNode {
                     self.log()
                 ));
             }
-            if let Ok(Resp::Simple(p)) = redis_query(&self.addr(), &["PING"]) {
-                if p == "PONG" {
-                    return Ok(());
-                }
+            // PONG, or NOAUTH from a node that requires AUTH: it answers
+            match redis_query(&self.addr(), &["PING"]) {
+                Ok(Resp::Simple(p)) if p == "PONG" => return Ok(()),
+                Ok(Resp::Error(e)) if e.starts_with("NOAUTH") => return Ok(()),
+                _ => {}
             }
             if Instant::now() > deadline {
                 return Err(format!("no PONG on port {}:\n{}", self.port, self.log()));
