@@ -511,8 +511,10 @@ impl Gateway {
                     gw.logs()
                 ));
             }
+            // The admin listener can answer before the proxy listener is
+            // bound (they are separate services): wait for both.
             if let Ok(r) = try_request(&gw.admin_addr, "GET", "/healthz", &[], b"") {
-                if r.status == 200 {
+                if r.status == 200 && TcpStream::connect(&gw.proxy_addr).is_ok() {
                     return Ok(gw);
                 }
             }
