@@ -703,7 +703,6 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         let subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref());
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string());
         tracing::info!(
             route,
             method = req.method.as_str(),
@@ -713,7 +712,7 @@ impl ProxyHttp for Gateway {
             outcome = ctx.reason.outcome(),
             reason = ctx.reason.as_str(),
             subject,
-            client_ip = client_ip.as_deref(),
+            client_ip = ctx.client_ip.map(tracing::field::display),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
