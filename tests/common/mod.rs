@@ -479,8 +479,12 @@ impl Gateway {
     }
 
     fn try_start(toml: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
-        let proxy_addr = format!("127.0.0.1:{}", free_port());
-        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let proxy_port = free_port();
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != proxy_port)
+            .unwrap_or(0);
+        let proxy_addr = format!("127.0.0.1:{proxy_port}");
+        let admin_addr = format!("127.0.0.1:{admin_port}");
         let dir = temp_dir("gw");
         let config_path = dir.join("gateway.toml");
         fs::write(&config_path, render(toml, &proxy_addr, &admin_addr)).unwrap();
@@ -511,10 +515,21 @@ impl Gateway {
                     gw.logs()
                 ));
             }
+            // A port taken meanwhile by another process: pingora keeps
+            // retrying the bind while the other one answers there. Start
+            // again on new ports.
+            if gw.logs().contains("is in use") {
+                let _ = gw.child.kill();
+                let _ = gw.child.wait();
+                return Err(format!("{} or {} is in use", gw.proxy_addr, gw.admin_addr));
+            }
             // The admin listener can answer before the proxy listener is
             // bound (they are separate services): wait for both.
             if let Ok(r) = try_request(&gw.admin_addr, "GET", "/healthz", &[], b"") {
-                if r.status == 200 && TcpStream::connect(&gw.proxy_addr).is_ok() {
+                if r.status == 200
+                    && TcpStream::connect(&gw.proxy_addr).is_ok()
+                    && !gw.logs().contains("is in use")
+                {
                     return Ok(gw);
                 }
             }
