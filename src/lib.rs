@@ -18,6 +18,7 @@ pub mod head_guard;
 pub mod identity;
 pub mod metrics;
 pub mod ratelimit;
+pub mod request_log;
 pub mod revocation;
 pub mod router;
 pub mod runtime;
