@@ -5,9 +5,9 @@
 //!   decode, one signature check) for HS256, RS256, PS256, ES256 and EdDSA,
 //!   keys from `auth::keys` and the committed test fixtures;
 //! - `jwt_signature/<alg>/...`: the signature check alone, as authgate makes
-//!   it (`jsonwebtoken::crypto::verify`: a verifier built, the key re-parsed
-//!   and the signature base64-decoded on every call) against an aws-lc
-//!   `ParsedPublicKey` parsed once (what pre-parsed keys would cost);
+//!   it (`VerifyKey::verifier`: an aws-lc key parsed once at load) against
+//!   `jsonwebtoken::crypto::verify` (a verifier built, the key re-parsed and
+//!   the signature base64-decoded on every call; authgate's path before);
 //! - `jwt_miss_path/<alg>`: `auth::verify_token` on a runtime built by
 //!   `config::load_str` — what a cache miss costs before the cache insert
 //!   (envelope, claims JSON, claim rules, `Identity`);
@@ -222,29 +222,22 @@ fn jwt(c: &mut Criterion) {
     }
     g.finish();
 
-    // The signature alone: jsonwebtoken (per call: verifier, key parse)
-    // against a key parsed once by aws-lc.
+    // The signature alone: authgate's key parsed once by aws-lc, against
+    // jsonwebtoken (per call: verifier, key parse).
     let mut g = c.benchmark_group("jwt_signature");
     for a in algs.iter().filter(|a| a.alg != Algorithm::HS256) {
-        use aws_lc_rs::signature as sig;
         let token = mint(a, 3);
         let (msg, sig_b64) = token.rsplit_once('.').expect("jws");
         let key = &a.keys.keys[0].key;
-        let parsed_alg: &'static dyn sig::VerificationAlgorithm = match a.alg {
-            Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-            Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
-            _ => &sig::ED25519,
-        };
-        let parsed = sig::ParsedPublicKey::new(parsed_alg, key.as_bytes()).expect("parse key");
+        let ready = a.keys.keys[0].verifier(a.alg).expect("a ready verifier");
         let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).expect("b64");
         assert!(jsonwebtoken::crypto::verify(sig_b64, msg.as_bytes(), key, a.alg).expect("verify"));
-        assert!(parsed.verify_sig(msg.as_bytes(), &decode(sig_b64)).is_ok());
+        assert!(ready.verify(msg.as_bytes(), &decode(sig_b64)));
         g.bench_function(format!("{}/jsonwebtoken", a.label), |b| {
             b.iter(|| jsonwebtoken::crypto::verify(black_box(sig_b64), msg.as_bytes(), key, a.alg))
         });
-        g.bench_function(format!("{}/aws-lc pre-parsed", a.label), |b| {
-            b.iter(|| parsed.verify_sig(msg.as_bytes(), &decode(black_box(sig_b64))))
+        g.bench_function(format!("{}/authgate pre-parsed", a.label), |b| {
+            b.iter(|| ready.verify(msg.as_bytes(), &decode(black_box(sig_b64))))
         });
     }
     g.finish();

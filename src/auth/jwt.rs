@@ -115,14 +115,19 @@ impl Jws<'_> {
                 continue;
             }
             candidates += 1;
-            if jsonwebtoken::crypto::verify(
-                self.signature_b64,
-                self.signing_input.as_bytes(),
-                &k.key,
-                alg,
-            )
-            .unwrap_or(false)
-            {
+            let ok = match k.verifier(alg) {
+                Some(v) => v.verify(self.signing_input.as_bytes(), &sig),
+                // A key aws-lc would not parse for this algorithm up front:
+                // jsonwebtoken's own path decides (and refuses it).
+                None => jsonwebtoken::crypto::verify(
+                    self.signature_b64,
+                    self.signing_input.as_bytes(),
+                    &k.key,
+                    alg,
+                )
+                .unwrap_or(false),
+            };
+            if ok {
                 return Ok(());
             }
         }
