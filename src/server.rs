@@ -23,12 +23,34 @@ pub enum StartError {
     Tls(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr} ({which}): {error}")]
+    Listen {
+        addr: String,
+        which: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// Fails when a listen address cannot be bound (taken by another process,
+/// not a local address, no permission). pingora would log the error and
+/// keep retrying the bind while the other process answers on the port; an
+/// operator expects the start to fail, as nginx and Envoy do.
+fn check_listen(addr: &str, which: &'static str) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|error| StartError::Listen {
+            addr: addr.to_string(),
+            which,
+            error,
+        })
 }
 
 /// Runs the gateway until a signal stops it (SIGTERM drains in-flight
 /// requests for the grace period; SIGINT stops at once).
 pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     let settings = runtime.server.clone();
+    check_listen(&settings.listen, "server.listen")?;
+    check_listen(&settings.admin_listen, "server.admin_listen")?;
     let metrics = Metrics::new()?;
     tracing::info!(summary = runtime.summary(), "starting");
     let state = Arc::new(State::new(runtime, metrics, config_path)?);

@@ -220,6 +220,33 @@ fn unknown_flags_and_bad_configs_fail() {
     assert!(!o.status.success(), "serve started without TEST_HS_SECRET");
 }
 
+/// A listen address another process holds: `serve` exits with an error
+/// naming the address and the setting, instead of retrying the bind while
+/// the other process answers there.
+#[test]
+fn serve_fails_when_a_listen_address_is_taken() {
+    for which in ["server.listen", "server.admin_listen"] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap().to_string();
+        let free = format!("127.0.0.1:{}", free_port());
+        let (proxy, admin) = if which == "server.listen" {
+            (taken_addr.as_str(), free.as_str())
+        } else {
+            (free.as_str(), taken_addr.as_str())
+        };
+        let config = render(BASE_CONFIG, proxy, admin).replace("{upstream}", "127.0.0.1:3000");
+        let dir = write_config(&config);
+        let o = run_cli(&["serve", "--config", "gateway.toml"], &[HS_ENV], &dir);
+        let (stdout, stderr) = out(&o);
+        assert_eq!(o.status.code(), Some(1), "{which}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&taken_addr) && stderr.contains(which),
+            "{which}: the error does not name the address and setting: {stderr}"
+        );
+        drop(taken);
+    }
+}
+
 /// `authgate token` with the given extra args; returns the printed token.
 fn mint(dir: &Path, issuer: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
     let mut args = vec![
