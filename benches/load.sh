@@ -12,9 +12,9 @@
 #   nginx proxy_pass                 1 worker, upstream keepalive (the baseline)
 #   authgate pass-through            auth = "none", threads = 1
 #   authgate pass-through, log off   the same with RUST_LOG=warn (no request log line)
-#   ..., glibc malloc                pass-through and the RS256 pool on a build with
-#                                    glibc's malloc (--no-default-features): the
-#                                    allocator A/B
+#   ..., glibc malloc                with ALLOC_AB=1 only: pass-through and the RS256
+#                                    pool on a build with glibc's malloc
+#                                    (--no-default-features): the allocator A/B
 #   authgate <alg>, 1,000-token pool HS256 RS256 ES256 EdDSA, 1,000 users' tokens in turn
 #   authgate <alg>, distinct tokens  every token used once (minted here), cache on:
 #                                    a cache miss, verification and insert per request
@@ -35,8 +35,9 @@
 #
 # Env: ROUNDS (1: times every row is measured, servers restarted each round;
 # the table shows the means and the range), DURATION (10), WARMUP (2), CONNS
-# (32), DISTINCT (200000 tokens per algorithm), SERVER_CPU (0), CLIENT_CPU (1),
-# FIXED_RATE (1: run the fixed-rate part), FIXED_CONNS (32), OUT
+# (32), DISTINCT (400000 tokens per algorithm), SERVER_CPU (0), CLIENT_CPU (1),
+# FIXED_RATE (1: run the fixed-rate part), FIXED_CONNS (32), ALLOC_AB (0: 1 adds the
+# glibc-malloc rows, one more LTO build), OUT
 # (target/bench-load/last-run.txt), PRIORITY (unset: a nice value for every
 # benchmarked process, e.g. -10 on a machine shared with other work, so
 # neighbours disturb the run less; needs root).
@@ -49,12 +50,13 @@ ROOT=$PWD
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-32}
-DISTINCT=${DISTINCT:-200000}
+DISTINCT=${DISTINCT:-400000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 FIXED_RATE=${FIXED_RATE:-1}
 FIXED_CONNS=${FIXED_CONNS:-32}
 ROUNDS=${ROUNDS:-1}
+ALLOC_AB=${ALLOC_AB:-0}
 OUT=${OUT:-$ROOT/target/bench-load/last-run.txt}
 FIX=$ROOT/tests/fixtures
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -96,15 +98,18 @@ cpus=$(nproc)
 haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }' | cut -d- -f1)
 
 # --- build -----------------------------------------------------------------
-log "building target/release/authgate and the load tools (release)"
-# First without default features (glibc malloc instead of mimalloc), kept
-# aside for the allocator A/B rows, then the shipped build.
+log "building target/dist/authgate (cargo build --profile dist) and the load tools"
+# The deployment build: the `dist` profile (release + fat LTO, one codegen
+# unit; Cargo.toml). With ALLOC_AB=1, first a build without default
+# features (glibc malloc instead of mimalloc), kept aside for the A/B rows.
 mkdir -p "$ROOT/target/bench-load"
-cargo build --release --bin authgate --no-default-features >&2 || die "cargo build --release --no-default-features failed"
 AUTHGATE_GLIBC=$ROOT/target/bench-load/authgate-glibc-malloc
-cp "$ROOT/target/release/authgate" "$AUTHGATE_GLIBC"
-cargo build --release --bin authgate >&2 || die "cargo build --release failed"
-AUTHGATE=$ROOT/target/release/authgate
+if [ "$ALLOC_AB" = 1 ]; then
+  cargo build --profile dist --bin authgate --no-default-features >&2 || die "cargo build --profile dist --no-default-features failed"
+  cp "$ROOT/target/dist/authgate" "$AUTHGATE_GLIBC"
+fi
+cargo build --profile dist --bin authgate >&2 || die "cargo build --profile dist failed"
+AUTHGATE=$ROOT/target/dist/authgate
 [ -x "$AUTHGATE" ] || die "no $AUTHGATE"
 TOOLS=$(cargo bench --bench load_tools --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*load_tools[^"]*"' | tail -1 | cut -d'"' -f4)
@@ -496,10 +501,12 @@ for round in $(seq "$ROUNDS"); do
   stop_pid "$GW_PID" INT
 
   # The same gateway built with glibc's malloc instead of mimalloc (A/B).
-  AG_BIN=$AUTHGATE_GLIBC start_gw gwglibc "$WORK/gw.toml" "$P_GWADM"
-  row ag_glibc_pass "authgate pass-through, glibc malloc" "$GW/none/"
-  row ag_glibc_pool_RS256 "authgate RS256, 1,000-token pool, glibc malloc" "$GW/${PFX[RS256]}/" "$TOK/RS256-pool.txt" bearer "" "$P_GWADM"
-  stop_pid "$GW_PID" INT
+  if [ "$ALLOC_AB" = 1 ]; then
+    AG_BIN=$AUTHGATE_GLIBC start_gw gwglibc "$WORK/gw.toml" "$P_GWADM"
+    row ag_glibc_pass "authgate pass-through, glibc malloc" "$GW/none/"
+    row ag_glibc_pool_RS256 "authgate RS256, 1,000-token pool, glibc malloc" "$GW/${PFX[RS256]}/" "$TOK/RS256-pool.txt" bearer "" "$P_GWADM"
+    stop_pid "$GW_PID" INT
+  fi
 
   # The same gateway with no request log line (what the log costs).
   start_gw gwq "$WORK/gw.toml" "$P_GWADM" RUST_LOG=warn
@@ -599,7 +606,7 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
   echo "authgate load benchmark  ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo "  machine: $cpus x $(lscpu 2>/dev/null | awk -F: '/Model name/ && !n++ { gsub(/^ +/, "", $2); print $2 }'), $(uname -r); servers on core $SERVER_CPU, wrk on core $CLIENT_CPU"
   echo "  load average at start: $LOAD_START   at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
+  echo "  authgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)') (--profile dist) threads = 1, stdout to /dev/null; $(nginx -v 2>&1 | cut -d' ' -f3); HAProxy $haproxy_version nbthread 1; $(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   echo "  wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; distinct rows: $DISTINCT tokens per algorithm, each used at most once${PRIORITY:+; every benchmarked process at nice $PRIORITY}"
   echo
   ((ROUNDS == 1)) || echo "  $ROUNDS rounds: req/s, p50 and p99 are the means over the rounds; \"range\" is the lowest-highest round"

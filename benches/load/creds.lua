@@ -4,7 +4,9 @@
 -- Every request string is built once in init(), so request() costs one table
 -- lookup. done() prints "wraps: N": how many times the list was exhausted
 -- (a distinct-token row must report 0: each token used once).
-local reqs, n, i, wraps = {}, 0, 0, 0
+-- Globals, not locals: done() reads `i` and `wraps` from each thread's Lua
+-- state with thread:get(), which sees globals only.
+reqs, n, i, wraps = {}, 0, 0, 0
 local threads = {}
 
 function setup(thread)
