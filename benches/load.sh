@@ -297,7 +297,12 @@ row() {
     m1=$(metric "$adm" 'authgate_token_cache_total{result="miss"}')
     note="cache hits $((${h1%.*} - ${h0%.*})), misses $((${m1%.*} - ${m0%.*}))"
   fi
-  if [ -n "$wraps" ] && [ "$wraps" != 0 ]; then note="${note:+$note; }token list wrapped $wraps x"; fi
+  # Only a distinct-token row promises each token once (pools cycle by design).
+  case $key in
+  ag_dist_* | hap_dist_*)
+    if [ -n "$wraps" ] && [ "$wraps" != 0 ]; then note="${note:+$note; }token list wrapped $wraps x"; fi
+    ;;
+  esac
   if [ -n "$non2xx" ] && [ "$non2xx" != 0 ]; then
     echo "$out" >&2
     die "$label: $non2xx non-2xx responses: the row is not measuring what it claims"
