@@ -1,8 +1,9 @@
 //! JWS parse + verify + claims: arbitrary text never panics, and whatever
 //! verifies is checked against an independent reference (for HMAC, the
-//! signature is recomputed here; for the asymmetric keys, the token must name
-//! an algorithm the key's family serves). A random or mutated token that
-//! verifies without the key would be a finding.
+//! signature is recomputed here; for the asymmetric keys, jsonwebtoken's own
+//! verification, which parses the key on every call, must accept it with one
+//! of the keys: authgate verifies with keys parsed once). A random or mutated
+//! token that verifies without the key would be a finding.
 #![no_main]
 
 use authgate::auth::jwt::{check_claims, claims_of, parse, verify_jws, ClaimRules};
@@ -89,6 +90,13 @@ fuzz_target!(|data: &[u8]| {
                     | "EdDSA"
             ),
             "verified with alg {alg:?}"
+        );
+        let a = authgate::auth::keys::parse_alg(&alg).expect("a known alg");
+        assert!(
+            set.keys.iter().any(|k| k.algs.contains(a)
+                && jsonwebtoken::crypto::verify(parts[2], signing_input.as_bytes(), &k.key, a)
+                    .unwrap_or(false)),
+            "{alg} token verified but jsonwebtoken's verification refuses it: {token}"
         );
     }
     assert_eq!(
