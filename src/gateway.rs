@@ -702,17 +702,18 @@ impl ProxyHttp for Gateway {
                 .inc(),
         }
         let req = session.req_header();
-        crate::request_log::log(&crate::request_log::RequestLine {
+        tracing::info!(
             route,
-            method: req.method.as_str(),
-            auth: ctx.auth_label,
-            path: req.uri.path(),
+            method = req.method.as_str(),
+            auth = ctx.auth_label,
+            path = req.uri.path(),
             status,
-            outcome: ctx.reason.outcome(),
-            reason: ctx.reason.as_str(),
-            subject: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
-            client_ip: ctx.client_ip,
-            duration: ctx.start.elapsed(),
-        });
+            outcome = ctx.reason.outcome(),
+            reason = ctx.reason.as_str(),
+            subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
+            client_ip = ctx.client_ip.map(tracing::field::display),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
     }
 }
