@@ -120,23 +120,20 @@ pub enum Verifier {
 impl Verifier {
     fn for_key(key: &DecodingKey, alg: Algorithm) -> Option<Verifier> {
         use Algorithm::*;
-        let hmac_alg = match alg {
-            HS256 => Some(hmac::HMAC_SHA256),
-            HS384 => Some(hmac::HMAC_SHA384),
-            HS512 => Some(hmac::HMAC_SHA512),
-            _ => None,
-        };
-        if let Some(h) = hmac_alg {
-            return match key.kind() {
-                DecodingKeyKind::SecretOrDer(secret)
-                    if key.family() == jsonwebtoken::AlgorithmFamily::Hmac =>
-                {
-                    Some(Verifier::Hmac(Box::new(hmac::Key::new(h, secret))))
-                }
-                _ => None,
-            };
+        // A key serves only its own family (no HMAC with an RSA key's bytes).
+        if key.family() != alg.family() {
+            return None;
         }
         let params: &'static dyn sig::VerificationAlgorithm = match alg {
+            HS256 | HS384 | HS512 => {
+                let h = match alg {
+                    HS256 => hmac::HMAC_SHA256,
+                    HS384 => hmac::HMAC_SHA384,
+                    _ => hmac::HMAC_SHA512,
+                };
+                let secret = key.try_get_hmac_secret().ok()?;
+                return Some(Verifier::Hmac(Box::new(hmac::Key::new(h, secret))));
+            }
             RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
             RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
             RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
@@ -146,18 +143,7 @@ impl Verifier {
             ES256 => &sig::ECDSA_P256_SHA256_FIXED,
             ES384 => &sig::ECDSA_P384_SHA384_FIXED,
             EdDSA => &sig::ED25519,
-            _ => return None,
         };
-        let family_ok = match alg {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
-                key.family() == jsonwebtoken::AlgorithmFamily::Rsa
-            }
-            ES256 | ES384 => key.family() == jsonwebtoken::AlgorithmFamily::Ec,
-            _ => key.family() == jsonwebtoken::AlgorithmFamily::Ed,
-        };
-        if !family_ok {
-            return None;
-        }
         let parsed = match key.kind() {
             DecodingKeyKind::SecretOrDer(der) => sig::ParsedPublicKey::new(params, der),
             DecodingKeyKind::RsaModulusExponent { n, e } => {
