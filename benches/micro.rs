@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use authgate::auth::cache::{CachedToken, TokenCache};
 use authgate::auth::jwt::{now_unix, verify_jws};
 use authgate::auth::keys::{public_key_from_pem, secret_key, signing_key_from_pem, AlgSet, KeySet};
-use authgate::auth::session::{sign_cookie, unsign};
+use authgate::auth::session::{sign_cookie, unsign, CookieSecrets};
 use authgate::identity::{AuthMethod, Identity};
 use authgate::router::{Matcher, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -190,6 +190,11 @@ fn runtime_config() -> String {
     s
 }
 
+/// The cache key of a token (a SHA-256 digest is always 32 bytes).
+fn key_of(token: &str) -> [u8; 32] {
+    TokenCache::key(token).expect("a 32-byte digest")
+}
+
 fn identity(sub: usize) -> Arc<Identity> {
     Arc::new(Identity {
         method: AuthMethod::Jwt,
@@ -267,7 +272,7 @@ fn jwt(c: &mut Criterion) {
         let keys = Arc::new(a.keys.clone());
         for (u, t) in tokens.iter().enumerate() {
             cache.insert(
-                TokenCache::key(t),
+                key_of(t),
                 Arc::new(CachedToken {
                     identity: identity(u),
                     generation: 1,
@@ -282,7 +287,7 @@ fn jwt(c: &mut Criterion) {
         g.bench_function(format!("{}/key+get", a.label), |b| {
             b.iter(|| {
                 i = (i + 1) % POOL;
-                let k = TokenCache::key(black_box(&tokens[i]));
+                let k = key_of(black_box(&tokens[i]));
                 cache.get(&k).expect("hit").expires_at
             })
         });
@@ -312,13 +317,13 @@ fn jwt(c: &mut Criterion) {
     let mut n = 0usize;
     for _ in 0..20_000 {
         n += 1;
-        cache.insert(TokenCache::key(&n.to_string()), entry(n));
+        cache.insert(key_of(&n.to_string()), entry(n));
     }
     g.bench_function("insert (full, evicting)", |b| {
         b.iter_batched(
             || {
                 n += 1;
-                (TokenCache::key(&n.to_string()), entry(n))
+                (key_of(&n.to_string()), entry(n))
             },
             |(k, e)| cache.insert(k, e),
             criterion::BatchSize::SmallInput,
@@ -331,8 +336,8 @@ fn cookie(c: &mut Criterion) {
     let current = b"bench-session-secret-current-0123456789".to_vec();
     let previous = b"bench-session-secret-previous-012345678".to_vec();
     let value = sign_cookie("0123456789abcdefghijKLMNOPQRSTUV", &current).expect("sign");
-    let one = vec![current.clone()];
-    let two = vec![current, previous];
+    let one = CookieSecrets::from(vec![current.clone()]);
+    let two = CookieSecrets::from(vec![current, previous]);
     assert!(unsign(&value, &one).is_ok() && unsign(&value, &two).is_ok());
     let mut g = c.benchmark_group("cookie");
     g.bench_function("unsign/1 secret", |b| {

@@ -763,7 +763,7 @@ fn build_sessions(
     }
     Some(SessionSettings {
         cookie: s.cookie.clone().unwrap_or_else(|| "connect.sid".into()),
-        secrets,
+        secrets: secrets.into(),
         key_prefix: s.key_prefix.clone().unwrap_or_else(|| "sess:".into()),
         rolling: s.rolling,
         touch_interval,

@@ -19,7 +19,11 @@ fn settings() -> &'static SessionSettings {
     static S: OnceLock<SessionSettings> = OnceLock::new();
     S.get_or_init(|| SessionSettings {
         cookie: "sid".into(),
-        secrets: SECRETS.iter().map(|s| s.to_vec()).collect(),
+        secrets: SECRETS
+            .iter()
+            .map(|s| s.to_vec())
+            .collect::<Vec<_>>()
+            .into(),
         key_prefix: "sess:".into(),
         rolling: true,
         touch_interval: Duration::from_secs(60),

@@ -192,7 +192,10 @@ async fn by_jwt(
 ) -> Result<Arc<Identity>, Reason> {
     let now = jwt::now_unix();
     let cache = &state.token_cache;
-    let key = cache.enabled().then(|| cache::TokenCache::key(token));
+    let key = cache
+        .enabled()
+        .then(|| cache::TokenCache::key(token))
+        .flatten();
     let hit = key.as_ref().and_then(|k| cache.get(k)).filter(|e| {
         e.generation == rt.generation
             && route.issuers.contains(&e.issuer)

@@ -10,12 +10,11 @@ use crate::denial::Reason;
 use crate::identity::{lookup, AuthMethod, Identity};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use http::{HeaderMap, Method};
 use serde_json::{Map, Value};
-use sha2::Sha256;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ pub const MAX_COOKIE_LEN: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub cookie: String,
-    pub secrets: Vec<Vec<u8>>,
+    pub secrets: CookieSecrets,
     pub key_prefix: String,
     pub rolling: bool,
     pub touch_interval: Duration,
@@ -54,16 +53,44 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
-fn sign(secret: &[u8], value: &str) -> Option<String> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
-    mac.update(value.as_bytes());
-    Some(STANDARD_NO_PAD.encode(mac.finalize().into_bytes()))
+/// The cookie-signing secrets as HMAC-SHA256 keys, prepared once when the
+/// config is loaded: a check then hashes only the session id (aws-lc, with
+/// SHA-NI or AVX2 where the CPU has them), not the padded secret again.
+#[derive(Clone)]
+pub struct CookieSecrets(Vec<hmac::Key>);
+
+impl From<Vec<Vec<u8>>> for CookieSecrets {
+    fn from(secrets: Vec<Vec<u8>>) -> Self {
+        CookieSecrets(
+            secrets
+                .iter()
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s))
+                .collect(),
+        )
+    }
+}
+
+impl FromIterator<Vec<u8>> for CookieSecrets {
+    fn from_iter<I: IntoIterator<Item = Vec<u8>>>(secrets: I) -> Self {
+        CookieSecrets::from(secrets.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl std::fmt::Debug for CookieSecrets {
+    // never the secrets themselves
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CookieSecrets({} keys)", self.0.len())
+    }
+}
+
+fn sign(key: &hmac::Key, value: &str) -> String {
+    STANDARD_NO_PAD.encode(hmac::sign(key, value.as_bytes()))
 }
 
 /// The session id of a raw (still URL-encoded) cookie value, if its
 /// signature verifies under any secret. Every secret is tried, whatever
 /// matched, and each comparison is constant-time.
-pub fn unsign(raw: &str, secrets: &[Vec<u8>]) -> Result<String, Reason> {
+pub fn unsign(raw: &str, secrets: &CookieSecrets) -> Result<String, Reason> {
     if raw.len() > MAX_COOKIE_LEN {
         return Err(Reason::Malformed);
     }
@@ -79,10 +106,8 @@ pub fn unsign(raw: &str, secrets: &[Vec<u8>]) -> Result<String, Reason> {
         .ok_or(Reason::BadCookieSignature)?;
     let (sid, sig) = signed.rsplit_once('.').ok_or(Reason::BadCookieSignature)?;
     let mut ok = Choice::from(0);
-    for s in secrets {
-        if let Some(expected) = sign(s, sid) {
-            ok |= expected.as_bytes().ct_eq(sig.as_bytes());
-        }
+    for key in &secrets.0 {
+        ok |= sign(key, sid).as_bytes().ct_eq(sig.as_bytes());
     }
     if bool::from(ok) && !sid.is_empty() {
         Ok(sid.to_string())
@@ -93,7 +118,7 @@ pub fn unsign(raw: &str, secrets: &[Vec<u8>]) -> Result<String, Reason> {
 
 /// Signs a session id as express-session does (tests and tools).
 pub fn sign_cookie(sid: &str, secret: &[u8]) -> Option<String> {
-    let sig = sign(secret, sid)?;
+    let sig = sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), sid);
     let raw = format!("s:{sid}.{sig}");
     Some(percent_encoding::utf8_percent_encode(&raw, COOKIE_ENCODE).to_string())
 }
@@ -335,7 +360,7 @@ mod tests {
     fn settings() -> SessionSettings {
         SessionSettings {
             cookie: "sid".into(),
-            secrets: vec![b"new".to_vec(), b"old".to_vec()],
+            secrets: vec![b"new".to_vec(), b"old".to_vec()].into(),
             key_prefix: "sess:".into(),
             rolling: false,
             touch_interval: Duration::from_secs(60),
@@ -352,7 +377,7 @@ mod tests {
     fn express_session_cookie_vector() {
         // cookie-signature: sign('hello', 'tobiiscool')
         assert_eq!(
-            sign(b"tobiiscool", "hello").unwrap(),
+            sign(&hmac::Key::new(hmac::HMAC_SHA256, b"tobiiscool"), "hello"),
             "DGDUkGlIkCzPz+C0B064FNgHdEjox7ch8tOBGslZ5QI"
         );
         let c = sign_cookie("abc", b"old").unwrap();
