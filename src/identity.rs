@@ -89,8 +89,13 @@ fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
 }
 
 impl Identity {
-    /// Builds a JWT identity from verified claims.
-    pub fn from_jwt(issuer: Arc<str>, claims: Map<String, Value>) -> Identity {
+    /// Builds a JWT identity from verified claims. Of the claims map it
+    /// keeps only the names in `keep` (the runtime's
+    /// [`Runtime::kept_claims`](crate::runtime::Runtime::kept_claims): what
+    /// route header mappings and the assertion read): a cached identity
+    /// lives until the token expires, and the rest of the claims would be
+    /// most of its memory.
+    pub fn from_jwt(issuer: Arc<str>, mut claims: Map<String, Value>, keep: &[String]) -> Identity {
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -108,13 +113,16 @@ impl Identity {
             v.as_i64()
                 .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
         });
+        let roles = roles_of(&claims);
+        let scopes = scopes_of(&claims);
+        claims.retain(|name, _| keep.iter().any(|k| k == name));
         Identity {
             method: AuthMethod::Jwt,
             subject,
             issuer: Some(issuer),
             email,
-            roles: roles_of(&claims),
-            scopes: scopes_of(&claims),
+            roles,
+            scopes,
             claims: Arc::new(claims),
             jti,
             iat,
@@ -233,6 +241,30 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jwt_identity_keeps_only_the_claims_it_is_asked_for() {
+        let claims = serde_json::json!({
+            "sub": "u1", "email": "u1@example.com", "jti": "j1", "iat": 7,
+            "roles": ["a"], "scope": "s1 s2", "tenant": {"id": "t1"}, "plan": "pro",
+            "big": "x".repeat(1000)
+        });
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        let keep = ["tenant.id".to_string(), "tenant".to_string()];
+        let id = Identity::from_jwt("iss".into(), claims, &keep);
+        // the identity's own fields come from every claim
+        assert_eq!(id.subject.as_deref(), Some("u1"));
+        assert_eq!(id.email.as_deref(), Some("u1@example.com"));
+        assert_eq!(id.jti.as_deref(), Some("j1"));
+        assert_eq!(id.iat, Some(7));
+        assert_eq!(id.roles, vec!["a"]);
+        assert_eq!(id.scopes, vec!["s1", "s2"]);
+        // the map holds only what a mapping or the assertion can read
+        assert_eq!(id.claim_value("tenant.id").as_deref(), Some("t1"));
+        assert_eq!(id.claims.len(), 1);
+        assert_eq!(id.claim_value("plan"), None);
+        assert_eq!(id.claim_value("big"), None);
+    }
 
     #[test]
     fn roles_and_scopes_shapes() {

@@ -188,6 +188,11 @@ pub struct Runtime {
     /// Every header named in any route's `headers` map (lower-case):
     /// stripped from every client request.
     pub mapped_headers: Vec<HeaderName>,
+    /// The token claims a verified identity keeps (everything else is
+    /// dropped once the identity is built): each route-mapped claim name
+    /// and the first segment of a dotted one, and `iss` when assertions are
+    /// signed (`original_iss`).
+    pub kept_claims: Vec<String>,
     /// Distinct per build: cached verifications name the runtime they
     /// were made under.
     pub generation: u64,
@@ -412,6 +417,17 @@ impl Runtime {
         if issues.0.len() > before {
             return None;
         }
+        let mut kept_claims: Vec<String> = Vec::new();
+        let mapped = routes
+            .iter()
+            .flat_map(|r| r.headers.iter().map(|(_, c)| c.as_str()));
+        let firsts = mapped.clone().filter_map(|c| c.split('.').next());
+        let iss = assertion.as_ref().map(|_| "iss");
+        for c in mapped.chain(firsts).chain(iss) {
+            if !kept_claims.iter().any(|k| k == c) {
+                kept_claims.push(c.to_string());
+            }
+        }
         Some(Runtime {
             server: server?,
             admin_token,
@@ -425,6 +441,7 @@ impl Runtime {
             upstreams,
             issuers,
             mapped_headers,
+            kept_claims,
         })
     }
 

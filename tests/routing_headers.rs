@@ -116,6 +116,35 @@ fn mapped_config() -> String {
     )
 }
 
+/// Identities keep only the claims a mapping reads (runtime `kept_claims`),
+/// and a cached identity serves later requests: mapped values, dotted paths
+/// included, must be the same on the verifying request and on cache hits.
+#[test]
+fn mapped_claims_reach_the_upstream_on_cache_hits_too() {
+    let config = format!(
+        "{}headers = {{ \"X-Org\" = \"org.id\", \"X-Plan\" = \"plan\" }}\n",
+        BASE_CONFIG
+    );
+    let (gw, up) = Gateway::with_upstream(&config, &[HS_ENV]);
+    let t = hs_token(&hs_claims(
+        "carol",
+        json!({"org": {"id": "o7", "name": "x"}, "plan": "pro", "other": "y"}),
+    ));
+    let auth = format!("Bearer {t}");
+    for round in 0..3 {
+        let r = gw.get("/api/p", &[("Authorization", &auth)]);
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        let seen = up.last();
+        assert_eq!(seen.header_all("x-org"), ["o7"], "round {round}");
+        assert_eq!(seen.header_all("x-plan"), ["pro"], "round {round}");
+        assert_eq!(
+            seen.header_all("x-auth-subject"),
+            ["carol"],
+            "round {round}"
+        );
+    }
+}
+
 const SPOOFS: [(&str, &str); 9] = [
     ("X-Auth-Subject", "mallory"),
     ("x-auth-subject", "mallory2"),

@@ -165,7 +165,7 @@ pub fn verify_token(
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
         .unwrap_or(now);
     Ok(Verified {
-        identity: Identity::from_jwt(issuer.name.clone(), claims),
+        identity: Identity::from_jwt(issuer.name.clone(), claims, &rt.kept_claims),
         issuer: issuer_idx,
         keys,
         expires_at: exp.saturating_add(issuer.leeway),
