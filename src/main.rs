@@ -75,6 +75,7 @@ enum Command {
 
 /// JSON logs on stdout, written by a background thread so a request never
 /// waits on the stdout lock (blocking, not dropping, if it falls behind).
+/// The guard flushes what is still queued when `serve` returns.
 fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

@@ -118,5 +118,10 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     ));
     server.add_service(admin);
     server.add_service(proxy);
-    server.run_forever()
+    // `run`, not `run_forever`: the latter ends with `process::exit`, which
+    // skips the log writer's flush, so the last lines (requests finished in
+    // the grace period, the shutdown itself) could be lost.
+    server.run(pingora::server::RunArgs::default());
+    tracing::info!("stopped");
+    Ok(())
 }

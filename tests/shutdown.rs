@@ -115,4 +115,24 @@ fn sigterm_on_an_idle_gateway_exits_cleanly() {
         gw.logs()
     );
     assert!(status.unwrap().success(), "{:?}", status);
+    // Nothing logged is lost at exit: the request's line is there, and the
+    // last line is the gateway's own "stopped", written after pingora's
+    // runtimes have exited (the log writer is flushed before the process
+    // ends).
+    let logs = gw.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "request" && l["path"] == "/api/x"),
+        "no request line\n{logs}"
+    );
+    assert_eq!(
+        lines.last().map(|l| l["message"].clone()),
+        Some(serde_json::json!("stopped")),
+        "{logs}"
+    );
 }
