@@ -76,10 +76,16 @@ enum Command {
 /// JSON logs on stdout, written by a background thread so a request never
 /// waits on the stdout lock (blocking, not dropping, if it falls behind).
 /// The guard flushes what is still queued when `serve` returns.
+///
+/// The thread writes through a 64 KiB buffer: it takes every queued line,
+/// then flushes once the queue is empty, so under load one `write` carries
+/// many lines (stdout alone is line-buffered: a `write` per line), and an
+/// idle gateway's lines still go out at once.
 fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(stdout);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
