@@ -28,17 +28,15 @@
 //! (alternations of the four phases, default 2).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_authgate");
-const UPSTREAM_RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+#[path = "harness/mod.rs"]
+mod harness;
+use harness::*;
 
 fn main() {
     // `cargo test --benches` runs this binary without `--bench`: do nothing then.
@@ -102,7 +100,7 @@ fn main() {
 
     let open = get_request("/open");
     let limited = get_request("/limited");
-    let phases: [(&str, &Gateway, &[u8]); 4] = [
+    let phases: [(&str, &Gateway, &Vec<u8>); 4] = [
         ("redis, unlimited", &on_redis, &open),
         ("redis, limited", &on_redis, &limited),
         ("memory, unlimited", &on_memory, &open),
@@ -120,6 +118,7 @@ fn main() {
         };
         for i in order {
             let (name, gw, req) = phases[i];
+            let req = std::slice::from_ref(req);
             run_clients(gw.proxy, req, clients, warmup);
             let start = Instant::now();
             let tallies = run_clients(gw.proxy, req, clients, measure);
@@ -203,21 +202,6 @@ fn main() {
     println!("  redis EVALSHA stats: {calls}");
 }
 
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| *v > 0.0)
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// One result line.
 struct Row {
     name: String,
@@ -250,112 +234,7 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 
 // ---------------------------------------------------------------- redis
 
-/// A `redis-server` child on a free loopback port (never 6379), killed on drop.
-struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl RedisServer {
-    fn start(dir: &Path) -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (./scripts/prereqs.sh installs it)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let server = RedisServer { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = server.try_connect() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(format!("redis://{}/0", self.addr))?.get_connection()
-    }
-
-    fn connect(&self) -> redis::Connection {
-        self.try_connect().expect("connect to redis-server")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `field:value` of an `INFO section` line (`?` when absent).
-fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
-    let info: String = redis::cmd("INFO").arg(section).query(con).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or("?")
-        .trim()
-        .to_string()
-}
-
 // ---------------------------------------------------------------- upstream
-
-/// A keep-alive HTTP/1.1 server on a free port answering every request with
-/// the same small 200, one thread per connection.
-fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream addr");
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let _ = serve_upstream(stream);
-            });
-        }
-    });
-    addr
-}
-
-fn serve_upstream(stream: TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    let mut line = String::new();
-    loop {
-        let mut len = 0usize;
-        let mut first = true;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            if line == "\r\n" || line == "\n" {
-                if first {
-                    continue;
-                }
-                break;
-            }
-            first = false;
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        io::copy(&mut (&mut reader).take(len as u64), &mut io::sink())?;
-        out.write_all(UPSTREAM_RESPONSE)?;
-    }
-}
 
 // ---------------------------------------------------------------- gateway
 
@@ -459,100 +338,6 @@ fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nAccept: */*\r\n\r\n").into_bytes()
 }
 
-/// One keep-alive connection.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    line: String,
-    body: Vec<u8>,
-    /// The last response's `RateLimit` header.
-    rate_limit_header: Option<String>,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> io::Result<Conn> {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Conn {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-            line: String::new(),
-            body: Vec::new(),
-            rate_limit_header: None,
-        })
-    }
-
-    /// Sends one request and reads the whole response: (status, keep-alive).
-    fn send(&mut self, req: &[u8]) -> io::Result<(u16, bool)> {
-        self.writer.write_all(req)?;
-        self.line.clear();
-        self.rate_limit_header = None;
-        if self.reader.read_line(&mut self.line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let status: u16 = self
-            .line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("bad status line {:?}", self.line)))?;
-        let mut len = 0usize;
-        let mut chunked = false;
-        let mut keep_alive = true;
-        loop {
-            self.line.clear();
-            if self.reader.read_line(&mut self.line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let l = self.line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let v = v.trim();
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.parse().unwrap_or(0);
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = v.eq_ignore_ascii_case("chunked");
-                } else if k.eq_ignore_ascii_case("connection") {
-                    keep_alive = !v.eq_ignore_ascii_case("close");
-                } else if k.eq_ignore_ascii_case("ratelimit") {
-                    self.rate_limit_header = Some(v.to_string());
-                }
-            }
-        }
-        if chunked {
-            self.body.clear();
-            loop {
-                self.line.clear();
-                self.reader.read_line(&mut self.line)?;
-                let size = usize::from_str_radix(self.line.trim(), 16)
-                    .map_err(|_| io::Error::other("bad chunk size"))?;
-                let start = self.body.len();
-                self.body.resize(start + size + 2, 0);
-                self.reader.read_exact(&mut self.body[start..])?;
-                self.body.truncate(start + size);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            self.body.resize(len, 0);
-            self.reader.read_exact(&mut self.body)?;
-        }
-        Ok((status, keep_alive))
-    }
-}
-
-fn get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
-    let mut c = Conn::open(addr)?;
-    c.send(
-        format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .map(|(s, _)| s)
-}
-
 /// A sample's value from `/metrics` (the line starting with `name_labels `).
 fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
     let mut c = Conn::open(admin).ok()?;
@@ -563,77 +348,4 @@ fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
         .find_map(|l| l.strip_prefix(&format!("{name_labels} ")))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as i64)
-}
-
-/// What one client thread saw.
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u32>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// Sends `req` on one keep-alive connection until `until`.
-fn client_loop(addr: SocketAddr, req: &[u8], until: Instant) -> Tally {
-    let mut t = Tally {
-        latencies_us: Vec::with_capacity(1 << 16),
-        ..Tally::default()
-    };
-    let mut conn: Option<Conn> = None;
-    while Instant::now() < until {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(addr) {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    t.errors += 1;
-                    t.first_error.get_or_insert_with(|| e.to_string());
-                    thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            },
-        };
-        let start = Instant::now();
-        match c.send(req) {
-            Ok((200, keep_alive)) => {
-                t.latencies_us
-                    .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if !keep_alive {
-                    conn = None;
-                }
-            }
-            Ok((status, _)) => {
-                t.errors += 1;
-                t.first_error
-                    .get_or_insert_with(|| format!("HTTP {status}"));
-            }
-            Err(e) => {
-                t.errors += 1;
-                t.first_error.get_or_insert_with(|| e.to_string());
-                conn = None;
-            }
-        }
-    }
-    t
-}
-
-/// Runs `clients` threads against `addr` for `dur`; returns every thread's tally.
-fn run_clients(addr: SocketAddr, req: &[u8], clients: usize, dur: Duration) -> Vec<Tally> {
-    let req = Arc::new(req.to_vec());
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let req = req.clone();
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                barrier.wait();
-                client_loop(addr, &req, Instant::now() + dur)
-            })
-        })
-        .collect();
-    barrier.wait();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("client thread"))
-        .collect()
 }

@@ -1,0 +1,315 @@
+//! What the process benchmarks (`revocation`, `session_route`,
+//! `rate_limit`) share: a `redis-server` and an upstream on free loopback
+//! ports, a keep-alive HTTP/1.1 client, and closed-loop client threads.
+//! Each bench includes it with `#[path = "harness/mod.rs"] mod harness;`
+//! (a folder with `mod.rs` is not a bench target of its own), and each uses
+//! a different part of it.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_authgate");
+
+pub const UPSTREAM_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+pub fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(default)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A `redis-server` child on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (./scripts/prereqs.sh installs it)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let server = RedisServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = server.try_connect() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://{}/0", self.addr))?.get_connection()
+    }
+
+    pub fn connect(&self) -> redis::Connection {
+        self.try_connect().expect("connect to redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
+    let info: String = redis::cmd("INFO").arg(section).query(con).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+/// A keep-alive HTTP/1.1 server on a free port answering every request with
+/// the same small 200, one thread per connection.
+pub fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = serve_upstream(stream);
+            });
+        }
+    });
+    addr
+}
+
+pub fn serve_upstream(stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut line = String::new();
+    loop {
+        let mut len = 0usize;
+        let mut first = true;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                if first {
+                    continue;
+                }
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        io::copy(&mut (&mut reader).take(len as u64), &mut io::sink())?;
+        out.write_all(UPSTREAM_RESPONSE)?;
+    }
+}
+
+/// One keep-alive connection.
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+    pub line: String,
+    pub body: Vec<u8>,
+    /// The last response's `RateLimit` header.
+    pub rate_limit_header: Option<String>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            line: String::new(),
+            body: Vec::new(),
+            rate_limit_header: None,
+        })
+    }
+
+    /// Sends one request and reads the whole response: (status, keep-alive).
+    pub fn send(&mut self, req: &[u8]) -> io::Result<(u16, bool)> {
+        self.writer.write_all(req)?;
+        self.line.clear();
+        self.rate_limit_header = None;
+        if self.reader.read_line(&mut self.line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {:?}", self.line)))?;
+        let mut len = 0usize;
+        let mut chunked = false;
+        let mut keep_alive = true;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.eq_ignore_ascii_case("chunked");
+                } else if k.eq_ignore_ascii_case("connection") {
+                    keep_alive = !v.eq_ignore_ascii_case("close");
+                } else if k.eq_ignore_ascii_case("ratelimit") {
+                    self.rate_limit_header = Some(v.to_string());
+                }
+            }
+        }
+        if chunked {
+            self.body.clear();
+            loop {
+                self.line.clear();
+                self.reader.read_line(&mut self.line)?;
+                let size = usize::from_str_radix(self.line.trim(), 16)
+                    .map_err(|_| io::Error::other("bad chunk size"))?;
+                let start = self.body.len();
+                self.body.resize(start + size + 2, 0);
+                self.reader.read_exact(&mut self.body[start..])?;
+                self.body.truncate(start + size);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.body.resize(len, 0);
+            self.reader.read_exact(&mut self.body)?;
+        }
+        Ok((status, keep_alive))
+    }
+}
+
+pub fn get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
+    let mut c = Conn::open(addr)?;
+    c.send(
+        format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map(|(s, _)| s)
+}
+
+/// What one client thread saw.
+#[derive(Default)]
+pub struct Tally {
+    pub latencies_us: Vec<u32>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// Sends `reqs` round-robin on one connection until `until`.
+pub fn client_loop(addr: SocketAddr, reqs: &[Vec<u8>], offset: usize, until: Instant) -> Tally {
+    let mut t = Tally {
+        latencies_us: Vec::with_capacity(1 << 16),
+        ..Tally::default()
+    };
+    let mut conn: Option<Conn> = None;
+    let mut i = offset;
+    while Instant::now() < until {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(addr) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    t.errors += 1;
+                    t.first_error.get_or_insert_with(|| e.to_string());
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        let req = &reqs[i % reqs.len()];
+        i += 1;
+        let start = Instant::now();
+        match c.send(req) {
+            Ok((200, keep_alive)) => {
+                t.latencies_us
+                    .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if !keep_alive {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                t.errors += 1;
+                t.first_error
+                    .get_or_insert_with(|| format!("HTTP {status}"));
+            }
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert_with(|| e.to_string());
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+/// Runs `clients` threads against `addr` for `dur`; returns every thread's tally.
+pub fn run_clients(
+    addr: SocketAddr,
+    reqs: &[Vec<u8>],
+    clients: usize,
+    dur: Duration,
+) -> Vec<Tally> {
+    let reqs = Arc::new(reqs.to_vec());
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|n| {
+            let reqs = reqs.clone();
+            let barrier = barrier.clone();
+            let offset = n * reqs.len() / clients.max(1);
+            thread::spawn(move || {
+                barrier.wait();
+                client_loop(addr, &reqs, offset, Instant::now() + dur)
+            })
+        })
+        .collect();
+    barrier.wait();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
