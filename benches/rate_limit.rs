@@ -30,7 +30,6 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -241,7 +240,8 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 /// An `authgate serve` child, killed on drop.
 struct Gateway {
     name: &'static str,
-    child: Child,
+    /// Held for its drop, which stops the gateway.
+    _process: GatewayProcess,
     proxy: SocketAddr,
     admin: SocketAddr,
 }
@@ -290,45 +290,13 @@ window = "1m"
 count = "all"
 "#
         );
-        let config = dir.join(format!("{name}.toml"));
-        fs::write(&config, toml).expect("write config");
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start authgate");
-        let mut gw = Gateway {
+        let process = GatewayProcess::start(dir, name, &toml, &[], admin);
+        Gateway {
             name,
-            child,
+            _process: process,
             proxy,
             admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!(
-                    "authgate exited during start-up ({status}):\n{}",
-                    fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            if matches!(get_status(admin, "/readyz"), Ok(200)) {
-                return gw;
-            }
-            assert!(Instant::now() < deadline, "authgate not ready after 30 s");
-            thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -35,7 +35,6 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -249,7 +248,7 @@ fn throughput(
 
     let empty = Gateway::start(dir, "tp-0", redis.addr, 1, upstream);
     wait_gauge(empty.admin, 0);
-    let rss_empty_idle = rss_kib(empty.child.id());
+    let rss_empty_idle = rss_kib(empty.process.child.id());
 
     let exp = unix_now() + 3600;
     let bulk_start = Instant::now();
@@ -272,7 +271,7 @@ fn throughput(
     let full = Gateway::start(dir, "tp-100k", redis.addr, 0, upstream);
     wait_gauge(full.admin, BULK as i64);
     let load = load_start.elapsed();
-    let rss_full_idle = rss_kib(full.child.id());
+    let rss_full_idle = rss_kib(full.process.child.id());
 
     println!(
         "(2) throughput: JWT route, {clients} clients on keep-alive connections, {POOL} distinct valid tokens, {warmup:?} warm-up + {:?} measured per phase, {rounds} rounds",
@@ -348,8 +347,8 @@ fn throughput(
             *errs += e;
         }
     }
-    let rss_empty_after = rss_kib(empty.child.id());
-    let rss_full_after = rss_kib(full.child.id());
+    let rss_empty_after = rss_kib(empty.process.child.id());
+    let rss_full_after = rss_kib(full.process.child.id());
     lat_empty.sort_unstable();
     lat_full.sort_unstable();
     let total = |name: &str, lat: &[u32], secs: f64, errors: u64| Row {
@@ -437,7 +436,7 @@ fn throughput(
         assert_eq!(s, 200, "POST /admin/revoke #{i} answered {s}");
     }
     let took = start.elapsed();
-    let rss_empty_revoked = rss_kib(empty.child.id());
+    let rss_empty_revoked = rss_kib(empty.process.child.id());
     println!(
         "  100,000 jtis revoked one by one through the admin API of the 0-jti instance in {took:.1?} ({:.0}/s; gauge {})",
         BULK as f64 / took.as_secs_f64(),
@@ -515,7 +514,7 @@ fn mint(key: &EncodingKey, sub: &str, jti: &str, exp: i64) -> String {
 
 /// An `authgate serve` child, killed on drop.
 struct Gateway {
-    child: Child,
+    process: GatewayProcess,
     proxy: SocketAddr,
     admin: SocketAddr,
 }
@@ -552,46 +551,21 @@ upstream = "app"
 auth = "jwt"
 "#
         );
-        let config = dir.join(format!("{name}.toml"));
-        fs::write(&config, toml).expect("write config");
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("TEST_HS_SECRET", HS_SECRET)
-            .env("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start authgate");
-        let mut gw = Gateway {
-            child,
+        let process = GatewayProcess::start(
+            dir,
+            name,
+            &toml,
+            &[
+                ("TEST_HS_SECRET", HS_SECRET),
+                ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ],
+            admin,
+        );
+        Gateway {
+            process,
             proxy,
             admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!(
-                    "authgate exited during start-up ({status}):\n{}",
-                    fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            if matches!(get_status(admin, "/readyz"), Ok(200)) {
-                return gw;
-            }
-            assert!(Instant::now() < deadline, "authgate not ready after 30 s");
-            thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

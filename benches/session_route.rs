@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -281,7 +280,8 @@ struct Config {
 
 /// An `authgate serve` child, killed on drop.
 struct Gateway {
-    child: Child,
+    /// Held for its drop, which stops the gateway.
+    _process: GatewayProcess,
     proxy: SocketAddr,
 }
 
@@ -323,41 +323,17 @@ auth = "session"
             upstream = cfg.upstream,
             extra = cfg.extra,
         );
-        let config = dir.join(format!("{name}.toml"));
-        fs::write(&config, toml).expect("write config");
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("AUTHGATE_BENCH_SESSION_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start authgate");
-        let mut gw = Gateway { child, proxy };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!(
-                    "authgate exited during start-up ({status}):\n{}",
-                    fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            if matches!(get_status(admin, "/readyz"), Ok(200)) {
-                return gw;
-            }
-            assert!(Instant::now() < deadline, "authgate not ready after 20 s");
-            thread::sleep(Duration::from_millis(50));
+        let process = GatewayProcess::start(
+            dir,
+            name,
+            &toml,
+            &[("AUTHGATE_BENCH_SESSION_SECRET", SECRET)],
+            admin,
+        );
+        Gateway {
+            _process: process,
+            proxy,
         }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,6 +6,7 @@
 //! a different part of it.
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -312,4 +313,58 @@ pub fn run_clients(
         .into_iter()
         .map(|h| h.join().expect("client thread"))
         .collect()
+}
+
+/// An `authgate serve` child, killed on drop.
+pub struct GatewayProcess {
+    pub child: Child,
+}
+
+impl GatewayProcess {
+    /// Writes `toml` to `<dir>/<name>.toml`, starts `authgate serve` on it
+    /// with `envs`, and waits (30 s) until `admin` answers `/readyz` with
+    /// 200; panics with the gateway's stderr if it exits first.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        toml: &str,
+        envs: &[(&str, &str)],
+        admin: SocketAddr,
+    ) -> GatewayProcess {
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, toml).expect("write config");
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start authgate");
+        let mut process = GatewayProcess { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "authgate exited during start-up ({status}):\n{}",
+                    fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            if matches!(get_status(admin, "/readyz"), Ok(200)) {
+                return process;
+            }
+            assert!(Instant::now() < deadline, "authgate not ready after 30 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
