@@ -10,40 +10,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn cfg() -> String {
-    format!(
-        "{BASE_CONFIG}
-[issuers.rs]
-issuer = \"https://rs.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-public_key_file = \"{{fixtures}}/rsa_pub.pem\"
-
-[issuers.jw]
-issuer = \"https://jw.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-jwks_file = \"{{fixtures}}/jwks_rs.json\"
-
-[[routes]]
-name = \"rs\"
-path_prefix = \"/rs/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"rs\"]
-
-[[routes]]
-name = \"jwks\"
-path_prefix = \"/jwks/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"jw\"]
-"
-    )
-}
-
 fn start() -> (Gateway, Upstream) {
-    Gateway::with_upstream(&cfg(), &[HS_ENV])
+    Gateway::with_upstream(&rs_config(), &[HS_ENV])
 }
 
 #[test]

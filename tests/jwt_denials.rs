@@ -12,42 +12,8 @@ use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-/// Base config plus an RS256 issuer from the JWKS file (route `/jwks/`) and an RS256
-/// issuer from a PEM (route `/rs/`).
-fn cfg() -> String {
-    format!(
-        "{BASE_CONFIG}
-[issuers.jw]
-issuer = \"https://jw.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-jwks_file = \"{{fixtures}}/jwks_rs.json\"
-
-[issuers.rs]
-issuer = \"https://rs.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-public_key_file = \"{{fixtures}}/rsa_pub.pem\"
-
-[[routes]]
-name = \"jwks\"
-path_prefix = \"/jwks/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"jw\"]
-
-[[routes]]
-name = \"rs\"
-path_prefix = \"/rs/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"rs\"]
-"
-    )
-}
-
 fn start() -> (Gateway, Upstream) {
-    Gateway::with_upstream(&cfg(), &[HS_ENV])
+    Gateway::with_upstream(&rs_config(), &[HS_ENV])
 }
 
 #[test]

@@ -9,12 +9,10 @@
 //!   sent in several writes with pauses between them).
 
 use super::{bad, Upstream};
-use super::{read_chunked, read_headers, read_line, sha256_hex, RecordedRequest, Response};
-use serde_json::json;
-use std::collections::BTreeMap;
+use super::{read_chunked, read_headers, read_line, RecordedRequest, Response};
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -57,7 +55,7 @@ impl Upstream {
             for stream in listener.incoming().flatten() {
                 let (h, r) = (h.clone(), r.clone());
                 thread::spawn(move || {
-                    let _ = serve_with_status(stream, &h, &r, rule);
+                    let _ = super::serve_recorded(stream, &h, &r, rule);
                 });
             }
         });
@@ -65,80 +63,6 @@ impl Upstream {
             addr,
             hits,
             requests,
-        }
-    }
-}
-
-fn serve_with_status(
-    stream: TcpStream,
-    hits: &AtomicUsize,
-    log: &Mutex<Vec<super::RecordedRequest>>,
-    rule: StatusRule,
-) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let line = match read_line(&mut reader) {
-            Ok(l) if l.is_empty() => continue,
-            Ok(l) => l,
-            Err(_) => return Ok(()),
-        };
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let headers: Vec<(String, String)> = read_headers(&mut reader)?
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let body = if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            read_chunked(&mut reader)?
-        } else if let Some(len) = find("content-length") {
-            let mut b = vec![0; len.trim().parse().unwrap_or(0)];
-            reader.read_exact(&mut b)?;
-            b
-        } else {
-            Vec::new()
-        };
-        let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (k, v) in &headers {
-            map.entry(k.clone()).or_default().push(v.clone());
-        }
-        let echo = json!({
-            "method": method,
-            "path": path,
-            "headers": map,
-            "body_sha256": sha256_hex(&body),
-            "body_len": body.len(),
-        })
-        .to_string();
-        let recorded = RecordedRequest {
-            method,
-            path,
-            headers,
-            body,
-        };
-        let status = rule(&recorded);
-        log.lock().unwrap().push(recorded);
-        hits.fetch_add(1, Ordering::SeqCst);
-        let text = match status {
-            200 => "OK",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            500 => "Internal Server Error",
-            _ => "Status",
-        };
-        write!(
-            writer,
-            "HTTP/1.1 {status} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{echo}",
-            echo.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        )?;
-        writer.flush()?;
-        if close {
-            return Ok(());
         }
     }
 }

@@ -59,6 +59,40 @@ auth = "jwt"
 issuers = ["hs"]
 "#;
 
+/// [`BASE_CONFIG`] plus an RS256 issuer from a PEM (`rs`, route `/rs/`) and
+/// one from the JWKS file (`jw`, route `/jwks/`).
+pub fn rs_config() -> String {
+    format!(
+        "{BASE_CONFIG}
+[issuers.rs]
+issuer = \"https://rs.test\"
+audiences = [\"api\"]
+algorithms = [\"RS256\"]
+public_key_file = \"{{fixtures}}/rsa_pub.pem\"
+
+[issuers.jw]
+issuer = \"https://jw.test\"
+audiences = [\"api\"]
+algorithms = [\"RS256\"]
+jwks_file = \"{{fixtures}}/jwks_rs.json\"
+
+[[routes]]
+name = \"rs\"
+path_prefix = \"/rs/\"
+upstream = \"app\"
+auth = \"jwt\"
+issuers = [\"rs\"]
+
+[[routes]]
+name = \"jwks\"
+path_prefix = \"/jwks/\"
+upstream = \"app\"
+auth = \"jwt\"
+issuers = [\"jw\"]
+"
+    )
+}
+
 // ---------------------------------------------------------------------------
 // paths, ports, temp dirs
 
@@ -338,13 +372,25 @@ fn serve_echo(
     hits: &AtomicUsize,
     log: &Mutex<Vec<RecordedRequest>>,
 ) -> std::io::Result<()> {
+    serve_recorded(stream, hits, log, |_| 200)
+}
+
+/// Serves keep-alive HTTP/1.1 on `stream`: records every request in `log`,
+/// counts it in `hits`, and answers with the status `rule` gives and the
+/// request echoed as JSON (method, path, headers, body digest and length).
+pub fn serve_recorded(
+    stream: TcpStream,
+    hits: &AtomicUsize,
+    log: &Mutex<Vec<RecordedRequest>>,
+    rule: impl Fn(&RecordedRequest) -> u16,
+) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
         let line = match read_line(&mut reader) {
             Ok(l) if l.is_empty() => continue,
             Ok(l) => l,
-            Err(_) => return Ok(()), // peer closed
+            Err(_) => return Ok(()),
         };
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or_default().to_string();
@@ -376,16 +422,26 @@ fn serve_echo(
             "body_len": body.len(),
         })
         .to_string();
-        log.lock().unwrap().push(RecordedRequest {
+        let recorded = RecordedRequest {
             method,
             path,
             headers,
             body,
-        });
+        };
+        let status = rule(&recorded);
+        log.lock().unwrap().push(recorded);
         hits.fetch_add(1, Ordering::SeqCst);
+        let text = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            500 => "Internal Server Error",
+            _ => "Status",
+        };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{echo}",
+            "HTTP/1.1 {status} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{echo}",
             echo.len(),
             if close { "Connection: close\r\n" } else { "" }
         )?;
