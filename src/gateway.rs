@@ -92,9 +92,6 @@ impl Gateway {
     ) -> Result<bool> {
         let body = if route.limits_need_body {
             match read_body(session).await {
-                Ok(b) if ratelimit::ambiguous_form_fields(&route.limits, &b) => {
-                    return self.deny(session, ctx, Reason::BadRequest).await
-                }
                 Ok(b) => Some(b),
                 Err(reason) => return self.deny(session, ctx, reason).await,
             }
@@ -105,17 +102,23 @@ impl Gateway {
             .client_ip
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let headers = &session.req_header().headers;
-        let cells: Vec<Cell> = route
+        let cells: std::result::Result<Vec<Cell>, Reason> = route
             .limits
             .iter()
             .enumerate()
-            .map(|(i, l)| Cell {
-                key: ratelimit::key_for(&route.name, i, &l.key, ip, headers, body.as_ref()),
-                emission_us: l.emission_us(),
-                window_us: l.window_us,
-                consume: true,
+            .map(|(i, l)| {
+                Ok(Cell {
+                    key: ratelimit::key_for(&route.name, i, &l.key, ip, headers, body.as_ref())?,
+                    emission_us: l.emission_us(),
+                    window_us: l.window_us,
+                    consume: true,
+                })
             })
             .collect();
+        let cells = match cells {
+            Ok(cells) => cells,
+            Err(reason) => return self.deny(session, ctx, reason).await,
+        };
         match self.state.store.rate_check(&cells).await {
             Err(e) => {
                 self.state

@@ -252,24 +252,19 @@ fn form_values<'a>(body: &'a BodyPrefix, field: &'a str) -> impl Iterator<Item =
     })
 }
 
-fn form_field(body: &BodyPrefix, field: &str) -> Option<String> {
-    form_values(body, field).find(|v| !v.trim().is_empty())
-}
-
-/// Whether a form field some limit is keyed on occurs with two different
-/// values. Backends disagree on which one counts (the first, the last, or
-/// both as an array), so no key is safe: the gateway answers 400.
-pub fn ambiguous_form_fields(limits: &[Limit], body: &BodyPrefix) -> bool {
-    limits.iter().any(|l| match &l.key {
-        KeySpec::Form(f) => {
-            let mut values = form_values(body, f).map(|v| normalize(&v));
-            match values.next() {
-                Some(first) => values.any(|v| v != first),
-                None => false,
-            }
-        }
-        _ => false,
-    })
+/// A form field's key value (trimmed, lower-cased), `None` when absent or
+/// blank. A field that occurs with two different values is ambiguous:
+/// backends disagree on which one counts (the first, the last, or both as
+/// an array), so no key is safe and the request is refused (400).
+fn form_field(body: &BodyPrefix, field: &str) -> Result<Option<String>, Reason> {
+    let mut values = form_values(body, field).map(|v| normalize(&v));
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|v| v != first) {
+        return Err(Reason::BadRequest);
+    }
+    Ok(Some(first).filter(|v| !v.is_empty()))
 }
 
 /// A field of a whole JSON body. Of duplicate keys the last counts, as in
@@ -289,7 +284,8 @@ fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
 
 /// The store key of one limit for one request: `route`'s hash tag keeps a
 /// route's keys in one Redis Cluster slot. Falls back to the client IP when
-/// the header or field is absent.
+/// the header or field is absent; a form field with two different values is
+/// `bad_request` (see `form_field`).
 pub fn key_for(
     route: &str,
     index: usize,
@@ -297,7 +293,7 @@ pub fn key_for(
     ip: IpAddr,
     headers: &HeaderMap,
     body: Option<&BodyPrefix>,
-) -> String {
+) -> Result<String, Reason> {
     let ip_s = ip.to_string();
     let value = match spec {
         KeySpec::Ip => None,
@@ -306,18 +302,21 @@ pub fn key_for(
             .and_then(|v| v.to_str().ok())
             .map(normalize)
             .filter(|v| !v.is_empty()),
-        KeySpec::Form(f) => body.and_then(|b| form_field(b, f)).map(|v| normalize(&v)),
+        KeySpec::Form(f) => match body {
+            Some(b) => form_field(b, f)?,
+            None => None,
+        },
         KeySpec::Json(f) => body.and_then(|b| json_field(b, f)).map(|v| normalize(&v)),
     };
     let (kind, v) = match &value {
         Some(v) => ("v", v.as_str()),
         None => ("ip", ip_s.as_str()),
     };
-    format!(
+    Ok(format!(
         "authgate:rl:{{{}}}:{index}:{}",
         digest(&[route.as_bytes()]),
         digest(&[kind.as_bytes(), v.as_bytes()])
-    )
+    ))
 }
 
 /// Why limiting failed; the route's `on_error` decides what it means.
@@ -386,17 +385,18 @@ mod tests {
             bytes: s.as_bytes().to_vec(),
             complete,
         };
+        // the key value: trimmed and lower-cased
         assert_eq!(
-            form_field(&b("user=Alice&pw=x", true), "user").as_deref(),
-            Some("Alice")
+            form_field(&b("user=Alice&pw=x", true), "user"),
+            Ok(Some("alice".into()))
         );
         assert_eq!(
-            form_field(&b("user=a%20b+c&x", true), "user").as_deref(),
-            Some("a b c")
+            form_field(&b("user=a%20b+c&x", true), "user"),
+            Ok(Some("a b c".into()))
         );
         assert_eq!(
             form_field(&b("user=alice&pw=x", false), "user"),
-            None,
+            Ok(None),
             "a prefix keys nothing"
         );
         assert_eq!(
@@ -409,21 +409,19 @@ mod tests {
             json_field(&b(r#"{"user":"random","user":"victim"}"#, true), "user").as_deref(),
             Some("victim")
         );
-        let limits = [Limit::new(
-            KeySpec::Form("user".into()),
-            1,
-            1_000_000,
-            Count::All,
-        )];
-        assert!(ambiguous_form_fields(
-            &limits,
-            &b("user=random&pw=x&user=victim", true)
-        ));
-        assert!(!ambiguous_form_fields(
-            &limits,
-            &b("user=Alice&pw=x&user=alice+", true)
-        ));
-        assert!(!ambiguous_form_fields(&limits, &b("user=alice", true)));
+        let form = |body: &str| form_field(&b(body, true), "user");
+        assert_eq!(
+            form("user=random&pw=x&user=victim"),
+            Err(Reason::BadRequest)
+        );
+        assert_eq!(form("user=&user=victim"), Err(Reason::BadRequest));
+        assert_eq!(
+            form("user=Alice&pw=x&user=alice+"),
+            Ok(Some("alice".into()))
+        );
+        assert_eq!(form("user=alice"), Ok(Some("alice".into())));
+        assert_eq!(form("user=+&pw=x"), Ok(None));
+        assert_eq!(form("pw=x"), Ok(None));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let h = HeaderMap::new();
         let k1 = key_for(
@@ -451,6 +449,16 @@ mod tests {
             Some(&b("nouser=1", true)),
         );
         let k4 = key_for("r", 0, &KeySpec::Ip, ip, &h, None);
+        let ambiguous = key_for(
+            "r",
+            0,
+            &KeySpec::Form("user".into()),
+            ip,
+            &h,
+            Some(&b("user=alice&user=bob", true)),
+        );
+        assert_eq!(ambiguous, Err(Reason::BadRequest));
+        let (k1, k2, k3, k4) = (k1.unwrap(), k2.unwrap(), k3.unwrap(), k4.unwrap());
         assert_eq!(k1, k2);
         assert_ne!(k1, k3);
         assert_ne!(k3, k4.replace(":0:", ":9:"));
