@@ -115,18 +115,12 @@ impl Jws<'_> {
                 continue;
             }
             candidates += 1;
-            let ok = match k.verifier(alg) {
-                Some(v) => v.verify(self.signing_input.as_bytes(), &sig),
-                // A key aws-lc would not parse for this algorithm up front:
-                // jsonwebtoken's own path decides (and refuses it).
-                None => jsonwebtoken::crypto::verify(
-                    self.signature_b64,
-                    self.signing_input.as_bytes(),
-                    &k.key,
-                    alg,
-                )
-                .unwrap_or(false),
-            };
+            // A key aws-lc could not parse for `alg` when it was loaded
+            // verifies nothing (jsonwebtoken's aws-lc provider refuses the
+            // same keys).
+            let ok = k
+                .verifier(alg)
+                .is_some_and(|v| v.verify(self.signing_input.as_bytes(), &sig));
             if ok {
                 return Ok(());
             }

@@ -124,33 +124,37 @@ impl Verifier {
         if key.family() != alg.family() {
             return None;
         }
-        let params: &'static dyn sig::VerificationAlgorithm = match alg {
-            HS256 | HS384 | HS512 => {
-                let h = match alg {
-                    HS256 => hmac::HMAC_SHA256,
-                    HS384 => hmac::HMAC_SHA384,
-                    _ => hmac::HMAC_SHA512,
-                };
-                let secret = key.try_get_hmac_secret().ok()?;
-                return Some(Verifier::Hmac(Box::new(hmac::Key::new(h, secret))));
-            }
-            RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-            RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-            PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-            PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-            PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-            ES256 => &sig::ECDSA_P256_SHA256_FIXED,
-            ES384 => &sig::ECDSA_P384_SHA384_FIXED,
-            EdDSA => &sig::ED25519,
+        let hmac = |h| {
+            let secret = key.try_get_hmac_secret().ok()?;
+            Some(Verifier::Hmac(Box::new(hmac::Key::new(h, secret))))
         };
-        let parsed = match key.kind() {
-            DecodingKeyKind::SecretOrDer(der) => sig::ParsedPublicKey::new(params, der),
-            DecodingKeyKind::RsaModulusExponent { n, e } => {
-                sig::ParsedPublicKey::new(params, rsa_public_key_der(n, e))
-            }
+        // A JWK's RSA key comes as `n` and `e`: aws-lc parses them as
+        // jsonwebtoken's aws-lc provider does (`RsaPublicKeyComponents`).
+        let rsa = |params: &'static sig::RsaParameters| match key.kind() {
+            DecodingKeyKind::SecretOrDer(der) => sig::ParsedPublicKey::new(params, der).ok(),
+            DecodingKeyKind::RsaModulusExponent { n, e } => sig::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
+                .ok(),
         };
-        parsed.ok().map(Verifier::Public)
+        let other = |params: &'static dyn sig::VerificationAlgorithm| match key.kind() {
+            DecodingKeyKind::SecretOrDer(der) => sig::ParsedPublicKey::new(params, der).ok(),
+            DecodingKeyKind::RsaModulusExponent { .. } => None,
+        };
+        let parsed = match alg {
+            HS256 => return hmac(hmac::HMAC_SHA256),
+            HS384 => return hmac(hmac::HMAC_SHA384),
+            HS512 => return hmac(hmac::HMAC_SHA512),
+            RS256 => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+            RS384 => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+            RS512 => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+            PS256 => rsa(&sig::RSA_PSS_2048_8192_SHA256),
+            PS384 => rsa(&sig::RSA_PSS_2048_8192_SHA384),
+            PS512 => rsa(&sig::RSA_PSS_2048_8192_SHA512),
+            ES256 => other(&sig::ECDSA_P256_SHA256_FIXED),
+            ES384 => other(&sig::ECDSA_P384_SHA384_FIXED),
+            EdDSA => other(&sig::ED25519),
+        };
+        parsed.map(Verifier::Public)
     }
 
     /// Whether `signature` is a valid signature of `message`; HMAC tags are
@@ -161,43 +165,6 @@ impl Verifier {
             Verifier::Public(k) => k.verify_sig(message, signature).is_ok(),
         }
     }
-}
-
-/// DER `RSAPublicKey` (RFC 8017 A.1.1) from a JWK's `n` and `e`.
-fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn len(out: &mut Vec<u8>, l: usize) {
-        if l < 0x80 {
-            out.push(l as u8);
-        } else {
-            let bytes = l.to_be_bytes();
-            let skip = bytes.iter().take_while(|b| **b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-    }
-    fn uint(out: &mut Vec<u8>, v: &[u8]) {
-        let skip = v
-            .iter()
-            .take_while(|b| **b == 0)
-            .count()
-            .min(v.len().saturating_sub(1));
-        let v = &v[skip..];
-        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
-        out.push(0x02);
-        len(out, v.len() + usize::from(pad));
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(v);
-    }
-    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
-    uint(&mut body, n);
-    uint(&mut body, e);
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.push(0x30);
-    len(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
 }
 
 /// An issuer's keys.
@@ -488,19 +455,5 @@ mod tests {
         let rsa = public_key_from_pem(&fx("rsa_pub.pem")).unwrap();
         assert!(rsa.verifier(Algorithm::HS256).is_none());
         assert!(rsa.verifier(Algorithm::ES256).is_none());
-    }
-
-    #[test]
-    fn rsa_der_from_components() {
-        // n with a high bit gets a 0x00 pad; leading zeros are dropped.
-        let der = rsa_public_key_der(&[0, 0x80, 1], &[1, 0, 1]);
-        assert_eq!(
-            der,
-            vec![0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]
-        );
-        let long = vec![0x7f; 300];
-        let der = rsa_public_key_der(&long, &[3]);
-        assert_eq!(&der[..4], &[0x30, 0x82, 0x01, 0x33]);
-        assert_eq!(&der[4..8], &[0x02, 0x82, 0x01, 0x2c]);
     }
 }
