@@ -59,20 +59,20 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[derive(Clone)]
 pub struct CookieSecrets(Vec<hmac::Key>);
 
-impl From<Vec<Vec<u8>>> for CookieSecrets {
-    fn from(secrets: Vec<Vec<u8>>) -> Self {
+impl FromIterator<Vec<u8>> for CookieSecrets {
+    fn from_iter<I: IntoIterator<Item = Vec<u8>>>(secrets: I) -> Self {
         CookieSecrets(
             secrets
-                .iter()
-                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s))
+                .into_iter()
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, &s))
                 .collect(),
         )
     }
 }
 
-impl FromIterator<Vec<u8>> for CookieSecrets {
-    fn from_iter<I: IntoIterator<Item = Vec<u8>>>(secrets: I) -> Self {
-        CookieSecrets::from(secrets.into_iter().collect::<Vec<_>>())
+impl From<Vec<Vec<u8>>> for CookieSecrets {
+    fn from(secrets: Vec<Vec<u8>>) -> Self {
+        secrets.into_iter().collect()
     }
 }
 
@@ -83,6 +83,7 @@ impl std::fmt::Debug for CookieSecrets {
     }
 }
 
+/// The cookie-signature of `value`: base64 of its HMAC, unpadded.
 fn sign(key: &hmac::Key, value: &str) -> String {
     STANDARD_NO_PAD.encode(hmac::sign(key, value.as_bytes()))
 }
@@ -107,7 +108,16 @@ pub fn unsign(raw: &str, secrets: &CookieSecrets) -> Result<String, Reason> {
     let (sid, sig) = signed.rsplit_once('.').ok_or(Reason::BadCookieSignature)?;
     let mut ok = Choice::from(0);
     for key in &secrets.0 {
-        ok |= sign(key, sid).as_bytes().ct_eq(sig.as_bytes());
+        // the expected signature on the stack: no allocation per request
+        let mut buf = [0u8; 64];
+        let tag = hmac::sign(key, sid.as_bytes());
+        if let Some(expected) = STANDARD_NO_PAD
+            .encode_slice(tag, &mut buf)
+            .ok()
+            .and_then(|n| buf.get(..n))
+        {
+            ok |= expected.ct_eq(sig.as_bytes());
+        }
     }
     if bool::from(ok) && !sid.is_empty() {
         Ok(sid.to_string())
