@@ -9,7 +9,6 @@
 //! instructions (callgrind: ~24k of ~131k). Escaping is serde_json's, so
 //! client-controlled text (paths, token subjects) stays one JSON string.
 
-use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
@@ -138,53 +137,15 @@ impl fmt::Write for Escaped<'_, '_> {
     }
 }
 
-thread_local! {
-    /// The last second rendered, and its `YYYY-MM-DDTHH:MM:SS`.
-    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
-}
-
-/// RFC 3339 UTC with microseconds, e.g. `2026-11-29T11:36:18.096350Z`.
+/// RFC 3339 UTC with microseconds, e.g. `2026-11-29T11:36:18.096350Z`
+/// (humantime's format). `since_epoch` is never before 1970 (a clock set
+/// earlier logs the epoch), which humantime requires.
 fn timestamp(w: &mut Writer<'_>, since_epoch: Duration) -> fmt::Result {
-    let secs = since_epoch.as_secs();
-    let mut second = SECOND.get();
-    if second.0 != secs {
-        second = (secs, civil(secs));
-        SECOND.set(second);
-    }
-    // civil() writes ASCII digits and separators only
-    w.write_str(std::str::from_utf8(&second.1).unwrap_or("0000-00-00T00:00:00"))?;
-    write!(w, ".{:06}Z", since_epoch.subsec_micros())
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a unix time (UTC), by Howard Hinnant's
-/// days-to-civil algorithm.
-fn civil(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
-    let mut out = *b"0000-00-00T00:00:00";
-    let put = |out: &mut [u8; 19], at: usize, width: usize, mut v: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(&mut out, 0, 4, year.clamp(0, 9999) as u64);
-    put(&mut out, 5, 2, month as u64);
-    put(&mut out, 8, 2, day as u64);
-    put(&mut out, 11, 2, h);
-    put(&mut out, 14, 2, m);
-    put(&mut out, 17, 2, s);
-    out
+    write!(
+        w,
+        "{}",
+        humantime::format_rfc3339_micros(UNIX_EPOCH + since_epoch)
+    )
 }
 
 #[cfg(test)]
@@ -218,11 +179,20 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(&civil(0), b"1970-01-01T00:00:00");
-        assert_eq!(&civil(951_782_400), b"2000-02-29T00:00:00");
-        assert_eq!(&civil(1_795_973_475), b"2026-11-29T17:31:15");
-        assert_eq!(&civil(4_102_444_799), b"2099-12-31T23:59:59");
+    fn timestamps() {
+        let at = |secs: u64, micros: u32| {
+            let mut out = String::new();
+            timestamp(
+                &mut Writer::new(&mut out),
+                Duration::new(secs, micros * 1_000),
+            )
+            .unwrap();
+            out
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_795_973_475, 96_350), "2026-11-29T17:31:15.096350Z");
+        assert_eq!(at(4_102_444_799, 999_999), "2099-12-31T23:59:59.999999Z");
     }
 
     /// The request line: the keys and order of the flattened JSON format.
