@@ -196,6 +196,33 @@ fn check_rejects_a_key_that_cannot_serve_the_algorithm() {
     assert!(!error_lines(&stderr, "gateway.toml").is_empty(), "{stderr}");
 }
 
+/// A key the verifier refuses (a 1,024-bit RSA key) is a `check` error on
+/// its line, not a gateway that answers `bad_signature` to every token; a
+/// JWKS holding only such a key holds no usable key.
+#[test]
+fn check_rejects_a_key_the_verifier_refuses() {
+    for (source, file, says) in [
+        ("public_key_file", "rsa1024_pub.pem", "2048"),
+        ("jwks_file", "jwks_rsa1024.json", "no usable key"),
+    ] {
+        let text = format!(
+            "{}\n[issuers.small]\nissuer = \"https://small.test\"\nalgorithms = [\"RS256\"]\n\
+             {source} = \"{}/{file}\"\n",
+            good_config(),
+            fixtures().display()
+        );
+        let line = line_of(&text, file);
+        let dir = write_config(&text);
+        let (code, _, stderr) = check(&dir, "gateway.toml", &[HS_ENV]);
+        assert_eq!(code, 2, "{file}: {stderr}");
+        let errs = error_lines(&stderr, "gateway.toml");
+        assert!(
+            errs.iter().any(|(l, _, m)| *l == line && m.contains(says)),
+            "{file}: expected an error on line {line} saying {says:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn unknown_flags_and_bad_configs_fail() {
     let dir = write_config(&good_config());

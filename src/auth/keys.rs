@@ -87,16 +87,24 @@ pub struct VerifyKey {
 }
 
 impl VerifyKey {
-    /// A key serving `algs`, parsed now for each of them.
+    /// A key for `algs`, parsed now for each of them. Its set keeps only the
+    /// algorithms aws-lc accepted it for (an RSA key under 2048 bits, an EC
+    /// point off its curve serve nothing), so `check` reports a key that
+    /// cannot verify a configured algorithm instead of every token failing
+    /// with `bad_signature` at run time.
     pub fn new(kid: Option<String>, key: DecodingKey, algs: AlgSet) -> VerifyKey {
-        let ready = algs
+        let ready: Arc<[(Algorithm, Verifier)]> = algs
             .iter()
             .filter_map(|a| Verifier::for_key(&key, a).map(|v| (a, v)))
             .collect();
+        let mut served = AlgSet::default();
+        for (a, _) in ready.iter() {
+            served.insert(*a);
+        }
         VerifyKey {
             kid,
             key,
-            algs,
+            algs: served,
             ready,
         }
     }
@@ -131,6 +139,7 @@ impl Verifier {
         // A JWK's RSA key comes as `n` and `e`: aws-lc parses them as
         // jsonwebtoken's aws-lc provider does (`RsaPublicKeyComponents`).
         let rsa = |params: &'static sig::RsaParameters| match key.kind() {
+            _ if !rsa_size_ok(key) => None,
             DecodingKeyKind::SecretOrDer(der) => sig::ParsedPublicKey::new(params, der).ok(),
             DecodingKeyKind::RsaModulusExponent { n, e } => sig::RsaPublicKeyComponents { n, e }
                 .to_parsed_public_key(params)
@@ -167,6 +176,26 @@ impl Verifier {
     }
 }
 
+/// Whether aws-lc accepts the RSA key's size (2048 to 8192 bits). Parsing
+/// a key for verification does not check it; every verification then
+/// fails. So the size is checked at load by aws-lc's own rule (building a
+/// `PublicEncryptingKey` from the key's `n` and `e`), and a key outside it
+/// serves nothing.
+fn rsa_size_ok(key: &DecodingKey) -> bool {
+    use aws_lc_rs::rsa::{PublicEncryptingKey, PublicKey, PublicKeyComponents};
+    let components = match key.kind() {
+        DecodingKeyKind::SecretOrDer(der) => match PublicKey::from_der(der) {
+            Ok(k) => PublicKeyComponents::<Vec<u8>>::from(&k),
+            Err(_) => return false,
+        },
+        DecodingKeyKind::RsaModulusExponent { n, e } => PublicKeyComponents {
+            n: n.to_vec(),
+            e: e.to_vec(),
+        },
+    };
+    TryInto::<PublicEncryptingKey>::try_into(components).is_ok()
+}
+
 /// An issuer's keys.
 #[derive(Clone, Default)]
 pub struct KeySet {
@@ -186,6 +215,10 @@ pub enum KeyError {
     Jwks(String),
     #[error("JWKS holds no usable key")]
     EmptyJwks,
+    /// The key parsed but the verifier refused it for every algorithm of
+    /// its kind.
+    #[error("the key cannot verify {0}: RSA keys need 2048 to 8192 bits, EC and Ed25519 keys a valid point")]
+    Refused(String),
 }
 
 /// The kind of asymmetric key a PEM holds, found by its algorithm OID.
@@ -267,7 +300,19 @@ pub fn public_key_from_pem(pem: &[u8]) -> Result<VerifyKey, KeyError> {
         PemKind::Ed25519 => DecodingKey::from_ed_pem(pem),
     }
     .map_err(|e| KeyError::Invalid(e.to_string()))?;
-    Ok(VerifyKey::new(None, key, kind.algs()))
+    let key = VerifyKey::new(None, key, kind.algs());
+    if key.algs.is_empty() {
+        return Err(KeyError::Refused(alg_names(kind.algs())));
+    }
+    Ok(key)
+}
+
+/// `RS256, RS384, ...`: algorithm names for messages.
+fn alg_names(algs: AlgSet) -> String {
+    algs.iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A signing key for `authgate token`, checked against the algorithm.
@@ -321,8 +366,8 @@ fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
 }
 
 /// Parses a JWKS document. Keys whose `use` is not `sig`, whose `key_ops`
-/// lack `verify`, or that serve no
-/// algorithm authgate knows, are skipped; none left is an error.
+/// lack `verify`, that serve no algorithm authgate knows, or that the
+/// verifier refuses, are skipped; none left is an error.
 pub fn keys_from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
     let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
     let mut keys = Vec::with_capacity(set.keys.len());
@@ -344,7 +389,12 @@ pub fn keys_from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
             continue;
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwks(e.to_string()))?;
-        keys.push(VerifyKey::new(jwk.common.key_id.clone(), key, algs));
+        let key = VerifyKey::new(jwk.common.key_id.clone(), key, algs);
+        // A key the verifier refused (an RSA modulus under 2048 bits)
+        // serves nothing: skipped like a key of an unknown type.
+        if !key.algs.is_empty() {
+            keys.push(key);
+        }
     }
     if keys.is_empty() {
         return Err(KeyError::EmptyJwks);
@@ -455,5 +505,41 @@ mod tests {
         let rsa = public_key_from_pem(&fx("rsa_pub.pem")).unwrap();
         assert!(rsa.verifier(Algorithm::HS256).is_none());
         assert!(rsa.verifier(Algorithm::ES256).is_none());
+    }
+
+    /// A key the verifier refuses (RSA under 2048 bits) serves no
+    /// algorithm: a PEM file is an error naming why, a JWKS skips it.
+    #[test]
+    fn refused_keys_serve_nothing() {
+        let pem = std::fs::read(format!(
+            "{}/tests/fixtures/rsa1024_pub.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        match public_key_from_pem(&pem) {
+            Err(e @ KeyError::Refused(_)) => {
+                let m = e.to_string();
+                assert!(m.contains("RS256") && m.contains("2048"), "{m}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(k) => panic!("a 1024-bit RSA key serves {:?}", k.algs),
+        }
+        // the same modulus as a JWK, beside good keys
+        let json = |f: &str| -> serde_json::Value {
+            let path = format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        };
+        let small = json("jwks_rsa1024.json")["keys"][0].clone();
+        let mut keys = json("jwks_rs.json")["keys"].as_array().unwrap().clone();
+        keys.push(small.clone());
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        let set = keys_from_jwks(doc.as_bytes()).unwrap();
+        assert!(set.keys.iter().all(|k| k.kid.as_deref() != Some("small")));
+        assert_eq!(set.keys.len(), keys.len() - 1);
+        let only = serde_json::json!({ "keys": [small] });
+        assert!(matches!(
+            keys_from_jwks(only.to_string().as_bytes()),
+            Err(KeyError::EmptyJwks)
+        ));
     }
 }
