@@ -358,6 +358,12 @@ fn strip_reserved(req: &mut RequestHeader, rt: &Runtime) {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// No downstream modules. pingora's default adds its response
+    /// compression module switched off, which authgate never switches on
+    /// (it passes the upstream's bytes through as they are); it still built
+    /// a module context and ran its filters on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
