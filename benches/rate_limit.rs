@@ -27,38 +27,31 @@
 //! (measured seconds per phase, default 5), `AUTHGATE_BENCH_ROUNDS`
 //! (alternations of the four phases, default 2).
 
-use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[path = "harness/mod.rs"]
 mod harness;
 use harness::*;
 
 fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("rate_limit: a load benchmark; run it with `cargo bench --bench rate_limit`");
+    let Some(mut b) = Bench::start("rate_limit") else {
         return;
-    }
-    let clients = env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize;
-    let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
-    let rounds = env_num("AUTHGATE_BENCH_ROUNDS", 2.0) as usize;
-    let measure = Duration::from_secs_f64(secs);
-    let warmup = Duration::from_secs(1);
-
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rate_limit_bench");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("bench dir");
-
-    let redis = RedisServer::start(&dir);
-    let mut con = redis.connect();
-    let redis_version = info_field(&mut con, "server", "redis_version");
-    let upstream = start_upstream();
-    let on_redis = Gateway::start(&dir, "redis", Some(redis.addr), upstream);
-    let on_memory = Gateway::start(&dir, "memory", None, upstream);
+    };
+    let Bench {
+        clients,
+        rounds,
+        measure,
+        warmup,
+        upstream,
+        ..
+    } = b;
+    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let con = &mut b.con;
+    let on_redis = Gateway::start(dir, "redis", Some(redis.addr), upstream);
+    let on_memory = Gateway::start(dir, "memory", None, upstream);
 
     println!("authgate rate-limit benchmark");
     println!(
@@ -93,7 +86,7 @@ fn main() {
             gw.name
         );
     }
-    let rl_keys: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    let rl_keys: i64 = redis::cmd("DBSIZE").query(con).expect("DBSIZE");
     println!("  redis keys after the check: {rl_keys}");
     println!();
 
@@ -197,7 +190,7 @@ fn main() {
                 .map_or("absent (never incremented)".into(), |v| v.to_string()),
         );
     }
-    let calls = info_field(&mut con, "commandstats", "cmdstat_evalsha");
+    let calls = info_field(con, "commandstats", "cmdstat_evalsha");
     println!("  redis EVALSHA stats: {calls}");
 }
 

@@ -34,7 +34,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,26 +54,20 @@ const BULK: usize = 100_000;
 /// Distinct valid tokens the throughput clients cycle through.
 const POOL: usize = 1_000;
 fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("revocation: a load benchmark; run it with `cargo bench --bench revocation`");
+    let Some(mut b) = Bench::start("revocation") else {
         return;
-    }
-    let clients = env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize;
-    let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
-    let rounds = env_num("AUTHGATE_BENCH_ROUNDS", 2.0) as usize;
+    };
+    let Bench {
+        clients,
+        rounds,
+        measure,
+        warmup,
+        upstream,
+        ..
+    } = b;
+    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let con = &mut b.con;
     let samples = env_num("AUTHGATE_BENCH_PROPAGATIONS", 300.0) as usize;
-    let measure = Duration::from_secs_f64(secs);
-    let warmup = Duration::from_secs(1);
-
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("revocation_bench");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("bench dir");
-
-    let redis = RedisServer::start(&dir);
-    let mut con = redis.connect();
-    let redis_version = info_field(&mut con, "server", "redis_version");
-    let upstream = start_upstream();
 
     println!("authgate revocation benchmark");
     println!(
@@ -84,10 +78,10 @@ fn main() {
     println!("  gateway: {BIN} (threads = 2, request log to /dev/null)");
     println!();
 
-    propagation(&dir, &redis, &mut con, upstream, samples);
+    propagation(dir, redis, con, upstream, samples);
     println!();
     throughput(
-        &dir, &redis, &mut con, upstream, clients, warmup, measure, rounds,
+        dir, redis, con, upstream, clients, warmup, measure, rounds,
     );
 }
 

@@ -18,9 +18,8 @@
 //! `AUTHGATE_BENCH_SECS` (measured seconds per phase, default 5).
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,26 +35,19 @@ use harness::*;
 const SECRET: &str = "bench-session-secret-0123456789abcdef";
 const DISTINCT: usize = 1_000;
 fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "session_route: a load benchmark; run it with `cargo bench --bench session_route`"
-        );
+    let Some(mut b) = Bench::start("session_route") else {
         return;
-    }
-    let clients = env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize;
-    let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
-    let measure = Duration::from_secs_f64(secs);
-    let warmup = Duration::from_secs(1);
-
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("session_route");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("bench dir");
-
-    let redis = RedisServer::start(&dir);
-    let mut con = redis.connect();
-    let redis_version = info_field(&mut con, "server", "redis_version");
-    let upstream = start_upstream();
+    };
+    let Bench {
+        clients,
+        secs,
+        measure,
+        warmup,
+        upstream,
+        ..
+    } = b;
+    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let con = &mut b.con;
 
     println!("authgate session-route load benchmark");
     println!(
@@ -68,7 +60,7 @@ fn main() {
     );
     println!();
 
-    let one = Session::new(&mut con, "bench-one", 0);
+    let one = Session::new(con, "bench-one", 0);
     let mut rows: Vec<Row> = Vec::new();
 
     // (a) the upstream directly.
@@ -79,7 +71,7 @@ fn main() {
         clients,
         warmup,
         measure,
-        &mut con,
+        con,
     );
     rows.push(r);
 
@@ -89,8 +81,8 @@ fn main() {
         extra: "",
     };
     {
-        let gw = Gateway::start(&dir, "main", &base);
-        wait_for_tracking(&mut con);
+        let gw = Gateway::start(dir, "main", &base);
+        wait_for_tracking(con);
 
         // (b) the pass-through route: routing, header hygiene, proxying.
         rows.push(phase(
@@ -100,7 +92,7 @@ fn main() {
             clients,
             warmup,
             measure,
-            &mut con,
+            con,
         ));
 
         // (c1) one session cookie, reused: after the first request the
@@ -112,13 +104,13 @@ fn main() {
             clients,
             warmup,
             measure,
-            &mut con,
+            con,
         ));
 
         // (c2) 1,000 distinct sessions, written just before the phase (so the
         // cache starts cold for them: each one is read from Redis once).
         let many: Vec<Session> = (0..DISTINCT)
-            .map(|i| Session::new(&mut con, &format!("bench-{i:04}"), i))
+            .map(|i| Session::new(con, &format!("bench-{i:04}"), i))
             .collect();
         let reqs: Vec<Vec<u8>> = many
             .iter()
@@ -131,7 +123,7 @@ fn main() {
             clients,
             Duration::ZERO,
             measure,
-            &mut con,
+            con,
         ));
     }
 
@@ -142,8 +134,8 @@ fn main() {
             extra: "cache_ttl = \"0s\"\n",
             ..base
         };
-        let gw = Gateway::start(&dir, "nocache", &cfg);
-        wait_for_tracking(&mut con);
+        let gw = Gateway::start(dir, "nocache", &cfg);
+        wait_for_tracking(con);
         rows.push(phase(
             "session, 1 cookie, cache_ttl = \"0s\"",
             gw.proxy,
@@ -151,7 +143,7 @@ fn main() {
             clients,
             warmup,
             measure,
-            &mut con,
+            con,
         ));
     }
 
@@ -161,8 +153,8 @@ fn main() {
             extra: "rolling = true\n",
             ..base
         };
-        let gw = Gateway::start(&dir, "rolling", &cfg);
-        wait_for_tracking(&mut con);
+        let gw = Gateway::start(dir, "rolling", &cfg);
+        wait_for_tracking(con);
         rows.push(phase(
             "session, 1 cookie, rolling = true",
             gw.proxy,
@@ -170,7 +162,7 @@ fn main() {
             clients,
             warmup,
             measure,
-            &mut con,
+            con,
         ));
     }
 

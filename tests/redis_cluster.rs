@@ -25,7 +25,6 @@ use authgate::auth::session::sign_cookie;
 use common::cluster::{subscribers, tracking_clients, RedisCluster, RedisNode};
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -87,12 +86,6 @@ fn env() -> [(&'static str, &'static str); 3] {
         ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("SESSION_SECRET", SESSION_SECRET),
     ]
-}
-
-/// Written straight to stderr, so it shows in the test output even when
-/// libtest captures `print!`.
-fn show(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A session of the test: its id, key, `Cookie` header and user.

@@ -21,7 +21,6 @@ use authgate::auth::session::sign_cookie;
 use common::cluster::{redis_pipeline, subscribers, tracking_clients, SentinelSetup};
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -80,12 +79,6 @@ fn env() -> [(&'static str, &'static str); 3] {
         ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("SESSION_SECRET", SESSION_SECRET),
     ]
-}
-
-/// Written straight to stderr, so it shows in the test output even when
-/// libtest captures `print!`.
-fn show(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn tok(sub: &str, jti: &str) -> String {

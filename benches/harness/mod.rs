@@ -368,3 +368,53 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The set-up every process benchmark starts with: its knobs from the
+/// environment, a fresh working folder, a `redis-server` with a connection
+/// and its version, and the upstream.
+pub struct Bench {
+    /// `AUTHGATE_BENCH_CLIENTS` (8): keep-alive client connections.
+    pub clients: usize,
+    /// `AUTHGATE_BENCH_SECS` (5): measured seconds per phase.
+    pub secs: f64,
+    /// `AUTHGATE_BENCH_ROUNDS` (2): interleaved rounds, where a bench has them.
+    pub rounds: usize,
+    pub measure: Duration,
+    pub warmup: Duration,
+    pub dir: std::path::PathBuf,
+    pub redis: RedisServer,
+    pub con: redis::Connection,
+    pub redis_version: String,
+    pub upstream: SocketAddr,
+}
+
+impl Bench {
+    /// `None` when the binary runs without `--bench` (`cargo test --benches`
+    /// runs every bench binary that way): the bench then does nothing.
+    pub fn start(name: &str) -> Option<Bench> {
+        if !std::env::args().any(|a| a == "--bench") {
+            println!("{name}: a load benchmark; run it with `cargo bench --bench {name}`");
+            return None;
+        }
+        let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}_bench"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("bench dir");
+        let redis = RedisServer::start(&dir);
+        let mut con = redis.connect();
+        let redis_version = info_field(&mut con, "server", "redis_version");
+        Some(Bench {
+            clients: env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize,
+            secs,
+            rounds: env_num("AUTHGATE_BENCH_ROUNDS", 2.0) as usize,
+            measure: Duration::from_secs_f64(secs),
+            warmup: Duration::from_secs(1),
+            dir,
+            redis,
+            con,
+            redis_version,
+            upstream: start_upstream(),
+        })
+    }
+}

@@ -31,6 +31,13 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_authgate");
+
+/// Written straight to stderr, so it shows in the test output even when
+/// libtest captures `print!` (the Redis topology tests report what they
+/// measured this way).
+pub fn show(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 pub const HS_SECRET: &str = "test-hs-secret-0123456789abcdef0123456789abcdef";
 pub const HS_ENV: (&str, &str) = ("TEST_HS_SECRET", HS_SECRET);
 
