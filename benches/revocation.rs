@@ -80,9 +80,7 @@ fn main() {
 
     propagation(dir, redis, con, upstream, samples);
     println!();
-    throughput(
-        dir, redis, con, upstream, clients, warmup, measure, rounds,
-    );
+    throughput(dir, redis, con, upstream, clients, warmup, measure, rounds);
 }
 
 fn unix_now() -> i64 {
