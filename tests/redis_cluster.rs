@@ -100,7 +100,7 @@ struct Session {
 impl Session {
     fn new(tag: &str, user: &str) -> Session {
         let sid = new_sid(tag);
-        let signed = sign_cookie(&sid, SESSION_SECRET.as_bytes()).expect("sign_cookie");
+        let signed = sign_cookie(&sid, SESSION_SECRET.as_bytes());
         Session {
             key: format!("sess:{sid}"),
             cookie: format!("sid={signed}"),

@@ -173,10 +173,7 @@ fn failover_authgate_follows_the_promoted_replica_and_keeps_acknowledged_revocat
     // --- before: everything goes to the master Sentinel names.
     let sid = new_sid("sentinel");
     let key = format!("sess:{sid}");
-    let cookie = format!(
-        "sid={}",
-        sign_cookie(&sid, SESSION_SECRET.as_bytes()).unwrap()
-    );
+    let cookie = format!("sid={}", sign_cookie(&sid, SESSION_SECRET.as_bytes()));
     let value = session_value(json!({"userId": "sam"}), DAY_MS, DAY_MS);
     assert_eq!(
         s.master
