@@ -37,18 +37,9 @@ mod harness;
 use harness::*;
 
 fn main() {
-    let Some(mut b) = Bench::start("rate_limit") else {
-        return;
-    };
-    let Bench {
-        clients,
-        rounds,
-        measure,
-        warmup,
-        upstream,
-        ..
-    } = b;
-    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let mut b = Bench::start("rate_limit");
+    let (clients, _, rounds, measure, warmup) = b.knobs();
+    let (dir, redis, redis_version, upstream) = (&b.dir, &b.redis, &b.redis_version, b.upstream);
     let con = &mut b.con;
     let on_redis = Gateway::start(dir, "redis", Some(redis.addr), upstream);
     let on_memory = Gateway::start(dir, "memory", None, upstream);
@@ -217,13 +208,6 @@ impl Row {
     }
 }
 
-fn pct(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 // ---------------------------------------------------------------- redis
 
 // ---------------------------------------------------------------- upstream
@@ -297,16 +281,4 @@ count = "all"
 
 fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nAccept: */*\r\n\r\n").into_bytes()
-}
-
-/// A sample's value from `/metrics` (the line starting with `name_labels `).
-fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
-    let mut c = Conn::open(admin).ok()?;
-    c.send(b"GET /metrics HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let text = String::from_utf8_lossy(&c.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name_labels} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as i64)
 }

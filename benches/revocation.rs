@@ -54,18 +54,9 @@ const BULK: usize = 100_000;
 /// Distinct valid tokens the throughput clients cycle through.
 const POOL: usize = 1_000;
 fn main() {
-    let Some(mut b) = Bench::start("revocation") else {
-        return;
-    };
-    let Bench {
-        clients,
-        rounds,
-        measure,
-        warmup,
-        upstream,
-        ..
-    } = b;
-    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let mut b = Bench::start("revocation");
+    let (clients, _, rounds, measure, warmup) = b.knobs();
+    let (dir, redis, redis_version, upstream) = (&b.dir, &b.redis, &b.redis_version, b.upstream);
     let con = &mut b.con;
     let samples = env_num("AUTHGATE_BENCH_PROPAGATIONS", 300.0) as usize;
 
@@ -321,8 +312,8 @@ fn throughput(
             let row = Row {
                 name: format!("{name}, round {round}"),
                 rps: l.len() as f64 / elapsed,
-                p50_us: pct32(&l, 0.50),
-                p99_us: pct32(&l, 0.99),
+                p50_us: pct(&l, 0.50),
+                p99_us: pct(&l, 0.99),
                 requests: l.len(),
                 errors: e,
             };
@@ -346,8 +337,8 @@ fn throughput(
     let total = |name: &str, lat: &[u32], secs: f64, errors: u64| Row {
         name: name.to_string(),
         rps: lat.len() as f64 / secs.max(f64::EPSILON),
-        p50_us: pct32(lat, 0.50),
-        p99_us: pct32(lat, 0.99),
+        p50_us: pct(lat, 0.50),
+        p99_us: pct(lat, 0.99),
         requests: lat.len(),
         errors,
     };
@@ -469,20 +460,6 @@ fn kib(v: Option<u64>) -> String {
     v.map_or("n/a".to_string(), |k| {
         format!("{:.1} MiB", k as f64 / 1024.0)
     })
-}
-
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn pct32(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 // ---------------------------------------------------------------- tokens
@@ -609,16 +586,4 @@ impl Reconnecting {
         }
         panic!("request to {} failed twice", self.addr);
     }
-}
-
-/// A sample's value from `/metrics` (the line starting with `name_labels `).
-fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
-    let mut c = Conn::open(admin).ok()?;
-    c.send(b"GET /metrics HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let text = String::from_utf8_lossy(&c.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_labels))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as i64)
 }

@@ -23,10 +23,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use authgate::auth::session::sign_cookie;
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -35,18 +32,9 @@ use harness::*;
 const SECRET: &str = "bench-session-secret-0123456789abcdef";
 const DISTINCT: usize = 1_000;
 fn main() {
-    let Some(mut b) = Bench::start("session_route") else {
-        return;
-    };
-    let Bench {
-        clients,
-        secs,
-        measure,
-        warmup,
-        upstream,
-        ..
-    } = b;
-    let (dir, redis, redis_version) = (&b.dir, &b.redis, &b.redis_version);
+    let mut b = Bench::start("session_route");
+    let (clients, secs, _, measure, warmup) = b.knobs();
+    let (dir, redis, redis_version, upstream) = (&b.dir, &b.redis, &b.redis_version, b.upstream);
     let con = &mut b.con;
 
     println!("authgate session-route load benchmark");
@@ -241,21 +229,9 @@ impl Session {
             .query::<()>(con)
             .expect("SET session");
         Session {
-            cookie: format!("connect.sid={}", sign_cookie(sid)),
+            cookie: format!("connect.sid={}", sign_cookie(sid, SECRET.as_bytes())),
         }
     }
-}
-
-/// express-session's cookie: URL-encoded `s:<sid>.<base64 HMAC-SHA256>`.
-fn sign_cookie(sid: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
-    mac.update(sid.as_bytes());
-    let sig = STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
-    percent_encoding::utf8_percent_encode(
-        &format!("s:{sid}.{sig}"),
-        percent_encoding::NON_ALPHANUMERIC,
-    )
-    .to_string()
 }
 
 // ---------------------------------------------------------------- upstream
@@ -348,14 +324,6 @@ struct Row {
     breakdown: String,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 /// Redis commands that are not per-request work: our own `INFO`, and the
 /// gateway's background connections (the session-tracking connection's
 /// `HELLO`, `CLIENT TRACKING` and keep-alive `PING`; the revocation mirror's
@@ -423,8 +391,8 @@ fn phase(
     let row = Row {
         name: name.to_string(),
         rps: ok / elapsed,
-        p50_us: percentile(&lat, 0.50),
-        p99_us: percentile(&lat, 0.99),
+        p50_us: pct(&lat, 0.50),
+        p99_us: pct(&lat, 0.99),
         errors,
         redis_per_req: per_req(total),
         breakdown,

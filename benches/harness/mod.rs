@@ -369,6 +369,27 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// The `p` quantile (0 to 1) of sorted samples; 0 when there are none.
+pub fn pct<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return T::default();
+    };
+    sorted[((last as f64 * p).round() as usize).min(last)]
+}
+
+/// A sample's value from a gateway's `/metrics` (the line starting with
+/// `name_labels ` exactly).
+pub fn metric_value(admin: SocketAddr, name_labels: &str) -> Option<i64> {
+    let mut c = Conn::open(admin).ok()?;
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let text = String::from_utf8_lossy(&c.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
 /// The set-up every process benchmark starts with: its knobs from the
 /// environment, a fresh working folder, a `redis-server` with a connection
 /// and its version, and the upstream.
@@ -389,12 +410,24 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// `None` when the binary runs without `--bench` (`cargo test --benches`
-    /// runs every bench binary that way): the bench then does nothing.
-    pub fn start(name: &str) -> Option<Bench> {
+    /// `(clients, secs, rounds, measure, warmup)`.
+    pub fn knobs(&self) -> (usize, f64, usize, Duration, Duration) {
+        (
+            self.clients,
+            self.secs,
+            self.rounds,
+            self.measure,
+            self.warmup,
+        )
+    }
+
+    /// Without `--bench` (`cargo test --benches` runs every bench binary
+    /// that way) the process says how to run it and exits 0, before
+    /// starting anything.
+    pub fn start(name: &str) -> Bench {
         if !std::env::args().any(|a| a == "--bench") {
             println!("{name}: a load benchmark; run it with `cargo bench --bench {name}`");
-            return None;
+            std::process::exit(0);
         }
         let secs = env_num("AUTHGATE_BENCH_SECS", 5.0);
         let dir =
@@ -404,7 +437,7 @@ impl Bench {
         let redis = RedisServer::start(&dir);
         let mut con = redis.connect();
         let redis_version = info_field(&mut con, "server", "redis_version");
-        Some(Bench {
+        Bench {
             clients: env_num("AUTHGATE_BENCH_CLIENTS", 8.0) as usize,
             secs,
             rounds: env_num("AUTHGATE_BENCH_ROUNDS", 2.0) as usize,
@@ -415,6 +448,6 @@ impl Bench {
             con,
             redis_version,
             upstream: start_upstream(),
-        })
+        }
     }
 }
