@@ -294,7 +294,6 @@ pub fn key_for(
     headers: &HeaderMap,
     body: Option<&BodyPrefix>,
 ) -> Result<String, Reason> {
-    let ip_s = ip.to_string();
     let value = match spec {
         KeySpec::Ip => None,
         KeySpec::Header(h) => headers
@@ -308,9 +307,14 @@ pub fn key_for(
         },
         KeySpec::Json(f) => body.and_then(|b| json_field(b, f)).map(|v| normalize(&v)),
     };
+    // the client IP as text only when it is the key (no allocation else)
+    let ip_s;
     let (kind, v) = match &value {
         Some(v) => ("v", v.as_str()),
-        None => ("ip", ip_s.as_str()),
+        None => {
+            ip_s = ip.to_string();
+            ("ip", ip_s.as_str())
+        }
     };
     Ok(format!(
         "authgate:rl:{{{}}}:{index}:{}",
