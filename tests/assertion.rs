@@ -403,6 +403,22 @@ fn jwt_assertion_verifies_independently(alg: Alg) {
         "iat {iat2} not within [{before}, {after}]"
     );
     assert_eq!(claims2["exp"].as_i64().unwrap() - iat2, TTL);
+    // The second request was a token-cache hit: a cached identity keeps only
+    // the claims something reads (`iss` for `original_iss`), and its
+    // assertion must say what the verifying request's did.
+    for k in [
+        "sub",
+        "email",
+        "roles",
+        "scopes",
+        "auth_method",
+        "original_iss",
+    ] {
+        assert_eq!(
+            claims2[k], claims[k],
+            "cache hit's assertion differs in {k}"
+        );
+    }
 
     // A token with `role` as a string, no email and no scope: arrays all the same.
     let plain = hs_token(&hs_claims("bob", json!({"role": "viewer"})));
