@@ -51,6 +51,16 @@ pub struct Ctx {
     failure_cells: Vec<Cell>,
 }
 
+impl Ctx {
+    /// The config snapshot and the index of the matched route's upstream
+    /// (the direct path keeps its idle connections there).
+    pub fn upstream(&self) -> Option<(Arc<Runtime>, usize)> {
+        let rt = self.rt.as_ref()?;
+        let route = rt.routes.get(self.route?)?;
+        Some((rt.clone(), route.upstream))
+    }
+}
+
 impl Gateway {
     /// The assertion keys' JWKS, public, on the proxy listener.
     async fn serve_jwks(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<bool> {

@@ -11,6 +11,7 @@
 //! read and no byte is read twice or lost.
 
 use crate::denial::Reason;
+use crate::direct::{self, Direct};
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -40,18 +41,21 @@ pub struct HeadLimits {
     pub max_bytes: usize,
 }
 
-/// A pingora HTTP app (the proxy) behind the head guard.
+/// A pingora HTTP app (the proxy) behind the head guard, and the direct
+/// path that plain bodyless requests take instead (`direct.rs`).
 pub struct HeadGuard<A> {
     inner: Arc<A>,
+    direct: Direct,
     limits: HeadLimits,
     state: Arc<State>,
 }
 
 impl<A> HeadGuard<A> {
     /// Wraps `inner`; `limits` are bound at start-up.
-    pub fn new(inner: A, limits: HeadLimits, state: Arc<State>) -> Self {
+    pub fn new(inner: A, direct: Direct, limits: HeadLimits, state: Arc<State>) -> Self {
         HeadGuard {
             inner: Arc::new(inner),
+            direct,
             limits,
             state,
         }
@@ -161,6 +165,35 @@ async fn refuse(mut stream: Stream, reason: Reason) {
     .await;
 }
 
+impl<A: HttpServerApp> HeadGuard<A> {
+    /// Keep-alive settings for a connection's next request: those the last
+    /// one left, or the defaults on a fresh connection; none when shutting
+    /// down.
+    fn prepare(
+        &self,
+        session: &mut ServerSession,
+        settings: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) {
+        match settings {
+            // authgate never turns pipelining on, so these carry no
+            // prefix of their own
+            Some(s) => s.apply_to_session(session),
+            None => {
+                session.set_keepalive(Some(IDLE.as_secs()));
+                session.set_keepalive_reuses_remaining(
+                    self.inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+    }
+}
+
 #[async_trait]
 impl<A> ServerApp for HeadGuard<A>
 where
@@ -191,26 +224,19 @@ where
                     return None;
                 }
             };
-            let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                // authgate never turns pipelining on, so these carry no
-                // prefix of their own
-                Some(s) => s.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(if *shutdown.borrow() {
-                        None
-                    } else {
-                        Some(IDLE.as_secs())
-                    });
-                    session.set_keepalive_reuses_remaining(
-                        self.inner
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            session.set_pipelined_prefix(head);
-            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let reused = if direct::eligible(&head) {
+                self.state.metrics.path_direct.inc();
+                let mut session = direct::session_for(stream);
+                self.prepare(&mut session.downstream_session, settings.take(), shutdown);
+                session.downstream_session.set_pipelined_prefix(head);
+                self.direct.serve(session).await?
+            } else {
+                self.state.metrics.path_general.inc();
+                let mut session = ServerSession::new_http1(stream);
+                self.prepare(&mut session, settings.take(), shutdown);
+                session.set_pipelined_prefix(head);
+                self.inner.process_new_http(session, shutdown).await?
+            };
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;

@@ -12,6 +12,7 @@ pub mod assertion;
 pub mod auth;
 pub mod config;
 pub mod denial;
+pub mod direct;
 pub mod echo;
 pub mod gateway;
 pub mod head_guard;

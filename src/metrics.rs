@@ -26,6 +26,10 @@ pub struct Metrics {
     pub token_cache_miss: IntCounter,
     /// Request heads refused before routing (`timeout`: 408, `too_large`: 431).
     pub heads_refused: IntCounterVec,
+    /// Requests by the path that served them: `direct` (bodyless GET/HEAD,
+    /// `direct.rs`) or `general` (pingora-proxy), resolved once.
+    pub path_direct: IntCounter,
+    pub path_general: IntCounter,
 }
 
 const AUTH_BUCKETS: &[f64] = &[
@@ -115,6 +119,11 @@ impl Metrics {
             "Request heads refused before routing: too slow (408) or too large (431).",
             &["reason"],
         )?;
+        let proxy_path = counter(
+            "authgate_proxy_path_total",
+            "Requests by the proxy path that served them: direct (bodyless GET/HEAD) or general.",
+            &["path"],
+        )?;
         let config_reloads = counter(
             "authgate_config_reloads_total",
             "Config reloads by result.",
@@ -161,6 +170,8 @@ impl Metrics {
             token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,
             heads_refused,
+            path_direct: proxy_path.with_label_values(&["direct"]),
+            path_general: proxy_path.with_label_values(&["general"]),
         })
     }
 

@@ -105,6 +105,9 @@ pub struct Upstream {
     pub ca: Option<Arc<[WrappedX509]>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Idle keep-alive connections of the direct path (this config's
+    /// generation only: a reload starts with none).
+    pub pool: crate::direct::IdlePool,
     next: AtomicUsize,
 }
 
@@ -1042,6 +1045,7 @@ fn build_upstream(
         sni,
         connect_timeout,
         read_timeout,
+        pool: Default::default(),
         next: AtomicUsize::new(0),
     })
 }

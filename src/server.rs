@@ -2,12 +2,14 @@
 //! listener, built from a loaded runtime.
 
 use crate::admin::AdminApp;
+use crate::direct::Direct;
 use crate::gateway::Gateway;
 use crate::head_guard::HeadGuard;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::state::State;
 use crate::watch::{JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader};
+use pingora::connectors::TransportConnector;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -72,7 +74,17 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     );
     let mut proxy = Service::new(
         "authgate proxy".to_string(),
-        HeadGuard::new(gateway, settings.head, state.clone()),
+        HeadGuard::new(
+            gateway,
+            Direct {
+                gateway: Gateway {
+                    state: state.clone(),
+                },
+                connector: TransportConnector::new(None),
+            },
+            settings.head,
+            state.clone(),
+        ),
     );
     match &settings.tls {
         Some((cert, key)) => proxy
