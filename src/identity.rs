@@ -56,11 +56,6 @@ pub struct Rendered {
     pub scopes: Option<HeaderValue>,
 }
 
-/// A header value for `s`, control characters percent-encoded.
-fn header_value(s: &str) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(header_safe(s).into_owned())).ok()
-}
-
 /// Roles from `roles` or `role`: a string (one role) or an array of strings.
 pub fn roles_of(claims: &Map<String, Value>) -> Vec<String> {
     let v = claims.get("roles").or_else(|| claims.get("role"));
@@ -130,16 +125,45 @@ impl Identity {
         }
     }
 
-    /// The `X-Auth-*` values, rendered on the first call.
+    /// The `X-Auth-*` values, rendered on the first call (control
+    /// characters percent-encoded, lists comma-joined). All five are slices
+    /// of one buffer: a cached identity is dropped cold when the cache
+    /// evicts it, and each separate allocation is a cache miss to free
+    /// (docs/performance.md, "Why a cache miss costs more than no cache").
     pub fn rendered(&self) -> &Rendered {
         self.rendered.get_or_init(|| {
-            let list = |l: &[String]| (!l.is_empty()).then(|| l.join(","));
+            let mut buf = Vec::new();
+            // appends the items comma-joined; their span in `buf`
+            let mut put = |items: &mut dyn Iterator<Item = &str>| {
+                let start = buf.len();
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    buf.extend_from_slice(header_safe(item).as_bytes());
+                }
+                (start, buf.len())
+            };
+            let spans = [
+                self.subject
+                    .as_deref()
+                    .map(|s| put(&mut std::iter::once(s))),
+                self.issuer.as_deref().map(|s| put(&mut std::iter::once(s))),
+                self.email.as_deref().map(|s| put(&mut std::iter::once(s))),
+                (!self.roles.is_empty()).then(|| put(&mut self.roles.iter().map(String::as_str))),
+                (!self.scopes.is_empty()).then(|| put(&mut self.scopes.iter().map(String::as_str))),
+            ];
+            let all = bytes::Bytes::from(buf);
+            let value = |span: Option<(usize, usize)>| {
+                let (a, b) = span?;
+                HeaderValue::from_maybe_shared(all.slice(a..b)).ok()
+            };
             Rendered {
-                subject: self.subject.as_deref().and_then(header_value),
-                issuer: self.issuer.as_deref().and_then(header_value),
-                email: self.email.as_deref().and_then(header_value),
-                roles: list(&self.roles).as_deref().and_then(header_value),
-                scopes: list(&self.scopes).as_deref().and_then(header_value),
+                subject: value(spans[0]),
+                issuer: value(spans[1]),
+                email: value(spans[2]),
+                roles: value(spans[3]),
+                scopes: value(spans[4]),
             }
         })
     }
@@ -364,6 +388,31 @@ mod tests {
             "5.5.5.5".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+
+    #[test]
+    fn rendered_values_are_encoded_joined_and_absent_when_unset() {
+        let claims = serde_json::json!({
+            "sub": "alice\nX-Evil: 1",
+            "email": "a@example.com",
+            "roles": ["admin", "ops\u{7f}"],
+            "scope": "",
+        });
+        let Value::Object(claims) = claims else {
+            unreachable!()
+        };
+        let id = Identity::from_jwt(Arc::from("corp"), claims, &[]);
+        let r = id.rendered();
+        let text = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(text(&r.subject).as_deref(), Some("alice%0AX-Evil: 1"));
+        assert_eq!(text(&r.issuer).as_deref(), Some("corp"));
+        assert_eq!(text(&r.email).as_deref(), Some("a@example.com"));
+        assert_eq!(text(&r.roles).as_deref(), Some("admin,ops%7F"));
+        assert_eq!(text(&r.scopes), None);
+        let id = Identity::from_jwt(Arc::from(""), Map::new(), &[]);
+        let r = id.rendered();
+        assert_eq!(text(&r.issuer).as_deref(), Some(""));
+        assert!(r.subject.is_none() && r.email.is_none() && r.roles.is_none());
     }
 
     #[test]
