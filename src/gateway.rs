@@ -13,6 +13,7 @@ use crate::runtime::{AuthMode, OnError, Route, Runtime};
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -610,7 +611,13 @@ impl ProxyHttp for Gateway {
                 _ => upstream_request.insert_header("X-Forwarded-For", peer.as_str())?,
             }
         }
-        upstream_request.insert_header("X-Forwarded-Proto", ctx.scheme)?;
+        // static values: no copy per request (each is checked at compile time)
+        const HTTP: HeaderValue = HeaderValue::from_static("http");
+        const HTTPS: HeaderValue = HeaderValue::from_static("https");
+        const JWT: HeaderValue = HeaderValue::from_static("jwt");
+        const SESSION: HeaderValue = HeaderValue::from_static("session");
+        let proto = if ctx.scheme == "https" { HTTPS } else { HTTP };
+        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
         let Some(id) = &ctx.identity else {
             return Ok(());
         };
@@ -618,7 +625,11 @@ impl ProxyHttp for Gateway {
         if let Some(v) = &r.subject {
             upstream_request.insert_header("X-Auth-Subject", v.clone())?;
         }
-        upstream_request.insert_header("X-Auth-Method", id.method.as_str())?;
+        let method = match id.method {
+            AuthMethod::Jwt => JWT,
+            AuthMethod::Session => SESSION,
+        };
+        upstream_request.insert_header("X-Auth-Method", method)?;
         for (name, value) in [
             ("X-Auth-Issuer", &r.issuer),
             ("X-Auth-Email", &r.email),
