@@ -98,21 +98,38 @@ impl std::fmt::Debug for IdlePool {
 }
 
 impl IdlePool {
+    /// The most recently idled connection to `addr`. Entries stay in the
+    /// order they were put back, so the expired ones are a prefix; they are
+    /// closed after the lock is released.
     fn take(&self, addr: SocketAddr) -> Option<Stream> {
-        let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
-        idle.retain(|(_, _, since)| now.duration_since(*since) < POOL_IDLE);
-        let i = idle.iter().rposition(|(a, _, _)| *a == addr)?;
-        Some(idle.swap_remove(i).1)
+        let (found, expired) = {
+            let mut idle = self.idle.lock().ok()?;
+            let now = Instant::now();
+            let stale = idle
+                .iter()
+                .take_while(|(_, _, since)| now.duration_since(*since) >= POOL_IDLE)
+                .count();
+            let expired: Vec<_> = idle.drain(..stale).collect();
+            let found = idle
+                .iter()
+                .rposition(|(a, _, _)| *a == addr)
+                .map(|i| idle.remove(i).1);
+            (found, expired)
+        };
+        drop(expired);
+        found
     }
 
     fn put(&self, addr: SocketAddr, stream: Stream) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= POOL_SIZE {
-                idle.remove(0);
+        let evicted = match self.idle.lock() {
+            Ok(mut idle) => {
+                let oldest = (idle.len() >= POOL_SIZE).then(|| idle.remove(0));
+                idle.push((addr, stream, Instant::now()));
+                oldest
             }
-            idle.push((addr, stream, Instant::now()));
-        }
+            Err(_) => None,
+        };
+        drop(evicted);
     }
 }
 
