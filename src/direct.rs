@@ -150,7 +150,14 @@ impl Direct {
     pub async fn serve(&self, mut session: Session) -> Option<ReusedHttpStream> {
         match session.downstream_session.read_request().await {
             Ok(true) => {}
-            _ => return None,
+            Ok(false) => return None,
+            // as pingora-proxy answers a head its parser refuses
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.downstream_session.respond_error(400).await;
+                }
+                return None;
+            }
         }
         let gw = &self.gateway;
         let mut ctx = gw.new_ctx();
