@@ -231,7 +231,8 @@ impl Direct {
                 .exchange(session, ctx, &peer, stream, addr, upstream)
                 .await
             {
-                Exchange::Done(outcome) => return outcome,
+                Exchange::Relayed => return (true, None),
+                Exchange::Failed(e) => return (false, Some(e)),
                 // a pooled connection the upstream had closed: once more, fresh
                 Exchange::Stale if reused && !fresh_only => fresh_only = true,
                 Exchange::Stale => {
@@ -264,7 +265,7 @@ impl Direct {
         req.set_version(http::Version::HTTP_11);
         req.remove_header(&http::header::CONNECTION);
         if let Err(e) = gw.upstream_request_filter(session, &mut req, ctx).await {
-            return Exchange::Done((false, Some(e)));
+            return Exchange::Failed(e);
         }
         if up.write_request_header(Box::new(req)).await.is_err() {
             return Exchange::Stale;
@@ -281,40 +282,40 @@ impl Direct {
                     ) {
                         return Exchange::Stale;
                     }
-                    return Exchange::Done((false, Some(e.into_up())));
+                    return Exchange::Failed(e.into_up());
                 }
-                Err(e) => return Exchange::Done((false, Some(e.into_up()))),
+                Err(e) => return Exchange::Failed(e.into_up()),
             }
             let Some(h) = up.resp_header() else {
                 let e = Error::explain(ErrorType::InvalidHTTPHeader, "no response header");
-                return Exchange::Done((false, Some(e.into_up())));
+                return Exchange::Failed(e.into_up());
             };
             if h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS {
                 // 103 Early Hints and the like: relayed, then the real answer
                 let info = Box::new(h.clone());
                 if let Err(e) = session.write_response_header(info, false).await {
-                    return Exchange::Done((false, Some(e.into_down())));
+                    return Exchange::Failed(e.into_down());
                 }
                 continue;
             }
             break Box::new(h.clone());
         };
         if let Err(e) = gw.response_filter(session, &mut head, ctx).await {
-            return Exchange::Done((false, Some(e)));
+            return Exchange::Failed(e);
         }
         let body_done = up.is_body_done();
         if let Err(e) = session.write_response_header(head, body_done).await {
-            return Exchange::Done((false, Some(e.into_down())));
+            return Exchange::Failed(e.into_down());
         }
         if !body_done {
             loop {
                 let chunk = match up.read_body_bytes().await {
                     Ok(c) => c,
-                    Err(e) => return Exchange::Done((false, Some(e.into_up()))),
+                    Err(e) => return Exchange::Failed(e.into_up()),
                 };
                 let end = chunk.is_none() || up.is_body_done();
                 if let Err(e) = session.write_response_body(chunk, end).await {
-                    return Exchange::Done((false, Some(e.into_down())));
+                    return Exchange::Failed(e.into_down());
                 }
                 if end {
                     break;
@@ -325,13 +326,16 @@ impl Direct {
         if let Some(s) = up.reuse().await {
             upstream.pool.put(addr, s);
         }
-        Exchange::Done((true, None))
+        Exchange::Relayed
     }
 }
 
 /// How one exchange on a connection ended.
 enum Exchange {
-    Done(Outcome),
+    /// The response reached the client; the upstream connection went back
+    /// to the pool if it could.
+    Relayed,
+    Failed(Box<Error>),
     /// Nothing was sent back: a pooled connection may have been closed.
     Stale,
 }

@@ -53,12 +53,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The config snapshot and the index of the matched route's upstream
-    /// (the direct path keeps its idle connections there).
+    /// The matched route, in this request's config snapshot.
+    fn matched(&self) -> Option<&Route> {
+        self.rt.as_ref()?.routes.get(self.route?)
+    }
+
+    /// The matched route's upstream.
+    fn matched_upstream(&self) -> Option<&crate::runtime::Upstream> {
+        self.rt.as_ref()?.upstreams.get(self.matched()?.upstream)
+    }
+
+    /// The config snapshot and the index of the matched route's upstream,
+    /// owned: the direct path keeps its idle connections there and holds
+    /// them across phases that take the context mutably.
     pub fn upstream(&self) -> Option<(Arc<Runtime>, usize)> {
-        let rt = self.rt.as_ref()?;
-        let route = rt.routes.get(self.route?)?;
-        Some((rt.clone(), route.upstream))
+        Some((self.rt.clone()?, self.matched()?.upstream))
     }
 }
 
@@ -513,12 +522,8 @@ impl ProxyHttp for Gateway {
         if refund {
             self.refund(&charged).await;
         }
-        let route = ctx
-            .rt
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r));
-        if let (Some(mut d), Some(route)) = (ctx.rate_decision.take(), route) {
+        let decision = ctx.rate_decision.take();
+        if let (Some(mut d), Some(route)) = (decision, ctx.matched()) {
             if refund {
                 // The headers tell the budget after this answer.
                 for (backlog, l) in d.backlog_us.iter_mut().zip(&route.limits) {
@@ -537,10 +542,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let up = ctx
-            .rt
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r).and_then(|r| rt.upstreams.get(r.upstream)))
+            .matched_upstream()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
         let addr = up
             .pick(ctx.tries)
@@ -576,12 +578,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.tries += 1;
-        let addrs = ctx
-            .rt
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r).and_then(|r| rt.upstreams.get(r.upstream)))
-            .map_or(0, |u| u.addrs.len());
+        let addrs = ctx.matched_upstream().map_or(0, |u| u.addrs.len());
         if ctx.tries < addrs {
             e.set_retry(true);
         }
@@ -640,12 +637,7 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(name, v.clone())?;
             }
         }
-        if let Some((rt, route)) = ctx
-            .rt
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r).map(|route| (rt, route)))
-        {
+        if let Some((rt, route)) = ctx.rt.as_ref().zip(ctx.matched()) {
             if route.assertion {
                 if let Some(a) = &rt.assertion {
                     match a.sign(id, &route.name, auth::jwt::now_unix()) {
@@ -707,11 +699,7 @@ impl ProxyHttp for Gateway {
         if ctx.reason == Reason::Ok && e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) {
             ctx.reason = Reason::UpstreamError;
         }
-        let matched = ctx
-            .rt
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(rt, r)| rt.routes.get(r));
+        let matched = ctx.matched();
         let route = matched.map_or(ctx.builtin.unwrap_or("unmatched"), |r| r.name.as_str());
         let m = &self.state.metrics;
         match matched.map(|r| r.metrics(m)) {
