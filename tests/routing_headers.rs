@@ -337,6 +337,10 @@ fn forwarded_headers_authorization_and_body() {
         up.last().header("x-forwarded-proto").as_deref(),
         Some("http")
     );
+    // an untrusted peer cannot claim https either
+    let r = gw.get("/open/x", &[("X-Forwarded-Proto", "https")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header_all("x-forwarded-proto"), ["http"]);
 
     // Authorization forwarded byte for byte
     let t = hs_token(&hs_claims("alice", json!({})));
@@ -381,4 +385,10 @@ fn trusted_proxy_appends_peer() {
     let xff = up.last().header_all("x-forwarded-for").join(",");
     let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
     assert_eq!(hops, ["1.2.3.4", "127.0.0.1"]);
+    // a trusted proxy's scheme is kept when it says https; anything else is http
+    for (sent, seen) in [("https", "https"), ("HTTPS", "https"), ("gopher", "http")] {
+        let r = gw.get("/open/x", &[("X-Forwarded-Proto", sent)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(up.last().header_all("x-forwarded-proto"), [seen], "{sent}");
+    }
 }
