@@ -17,7 +17,8 @@
 #                                    (--no-default-features): the allocator A/B
 #   authgate <alg>, 1,000-token pool HS256 RS256 ES256 EdDSA, 1,000 users' tokens in turn
 #   authgate <alg>, distinct tokens  every token used once (minted here), cache on:
-#                                    a cache miss, verification and insert per request
+#                                    a cache miss and verification per request (no insert:
+#                                    a token is cached on its second verification)
 #   authgate <alg>, cache off        the pool again on a gateway with [token_cache] size = 0
 #   authgate session, 1,000 sessions express-session cookies, connect-redis JSON in a
 #                                    Redis started here

@@ -373,9 +373,17 @@ fn jwt_assertion_verifies_independently(alg: Alg) {
         "the assertion embeds the token"
     );
 
+    // The token's second verification caches it, so `second` is a hit.
+    asserted(&gw, &up, "/asserted/admit", &token);
     let before = now();
     let second = asserted(&gw, &up, "/asserted/two", &token);
     let after = now();
+    let hits = metric(
+        &gw.metrics(),
+        "authgate_token_cache_total",
+        &[("result", "hit")],
+    );
+    assert_eq!(hits, Some(1.0), "`second` was not a token-cache hit");
     let verified = py_verify_ok(&jwks, alg, &[&assertion, &second]);
     let (header, claims) = &verified[0];
     assert_eq!(header["alg"], alg.name(), "{header}");
@@ -403,7 +411,7 @@ fn jwt_assertion_verifies_independently(alg: Alg) {
         "iat {iat2} not within [{before}, {after}]"
     );
     assert_eq!(claims2["exp"].as_i64().unwrap() - iat2, TTL);
-    // The second request was a token-cache hit: a cached identity keeps only
+    // `second` was a token-cache hit: a cached identity keeps only
     // the claims something reads (`iss` for `original_iss`), and its
     // assertion must say what the verifying request's did.
     for k in [

@@ -183,7 +183,8 @@ pub struct Verified {
 }
 
 /// JWT authentication with the verified-token cache: a hit skips the
-/// signature and claim checks (not revocation); a miss verifies and caches.
+/// signature and claim checks (not revocation); a miss verifies, and
+/// caches a token verified before (`TokenCache::admit`).
 async fn by_jwt(
     state: &State,
     rt: &Runtime,
@@ -196,7 +197,10 @@ async fn by_jwt(
         .enabled()
         .then(|| cache::TokenCache::key(token))
         .flatten();
-    let hit = key.as_ref().and_then(|k| cache.get(k)).filter(|e| {
+    let cached = key.as_ref().and_then(|k| cache.get(k));
+    // an entry made stale by a reload or a key-set change earned its place
+    let stale = cached.is_some();
+    let hit = cached.filter(|e| {
         e.generation == rt.generation
             && route.issuers.contains(&e.issuer)
             && rt
@@ -222,7 +226,7 @@ async fn by_jwt(
             }
             let v = verify_with_refetch(state, rt, route, token).await?;
             let identity = Arc::new(v.identity);
-            if let Some(k) = key {
+            if let Some(k) = key.filter(|k| stale || cache.admit(k)) {
                 cache.insert(
                     k,
                     Arc::new(cache::CachedToken {
