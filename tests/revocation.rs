@@ -329,10 +329,20 @@ fn jti_revoked_on_one_instance_is_rejected_by_the_other_within_1s() {
     let t1 = tok("alice", "j1");
     let t2 = tok("alice", "j2");
     let t3 = tok("bob", "j3");
+    // Three times each: a token is cached on its second verification, so
+    // the revocation below must reach tokens served from the token cache.
     for (name, gw) in p.both() {
         for t in [&t1, &t2, &t3] {
-            assert_passes(gw, t, &format!("before any revocation, on {name}"));
+            for _ in 0..3 {
+                assert_passes(gw, t, &format!("before any revocation, on {name}"));
+            }
         }
+        let hits = metric(
+            &gw.metrics(),
+            "authgate_token_cache_total",
+            &[("result", "hit")],
+        );
+        assert_eq!(hits, Some(3.0), "the tokens are not cached on {name}");
     }
     assert_eq!(
         metric(&p.b.metrics(), MIRROR, &[("kind", "jti")]).unwrap_or(0.0),
