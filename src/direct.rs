@@ -1,34 +1,44 @@
-//! The direct path: a bodyless GET or HEAD, the bulk of API and page
-//! traffic, proxied by a short loop over pingora-core's HTTP/1 sessions
+//! The direct path: a bodyless HTTP/1.1 GET or HEAD, the bulk of API and
+//! page traffic, proxied by a short loop with its own HTTP/1 framing
 //! instead of pingora-proxy's general machinery. pingora-proxy runs every
 //! request through cache and module phases, a ~14 KB boxed future, two task
-//! channels joining a downstream and an upstream half, and a connection pool
-//! that spawns a watcher task per released connection; on this machine that
-//! held pass-through to 0.72 of nginx's `proxy_pass`, where a plain tokio
-//! loop reaches 1.14 (docs/performance.md, "The direct path").
+//! channels joining a downstream and an upstream half, header maps built,
+//! cloned and serialized again on both sides, and a connection pool that
+//! spawns a watcher task per released connection; on this machine that held
+//! pass-through to 0.72 of nginx's `proxy_pass`, where a plain tokio loop
+//! reaches 1.14 (docs/performance.md, "The direct path").
 //!
-//! The same `Gateway` phases run here (`request_filter`, `upstream_peer`,
-//! `fail_to_connect`, `upstream_request_filter`, `response_filter`,
-//! `fail_to_proxy`, `logging`), so authentication, header hygiene, metrics
-//! and the request log are one code. Only requests with nothing for the
-//! general path to do take this one: no body, no framing or hop-by-hop
-//! headers beyond `Connection: keep-alive|close`, no upgrade or `Expect`,
-//! an origin-form target and nothing pipelined behind them ([`eligible`]).
-//! Everything else goes through pingora-proxy exactly as before.
+//! Here the client's head is parsed once ([`parse`]); the request phase is
+//! the same `Gateway` code as on the general path (`begin`,
+//! `check_limits`, `authenticate`, `forward_headers`, `upstream_answered`,
+//! `finish`), so authentication, header hygiene, metrics and the request
+//! log are one code. The request goes upstream as the client's header lines
+//! (minus `Connection`, the reserved identity headers and the forwarding
+//! headers the gateway sets) with the gateway's headers appended; the
+//! response comes back as the upstream's head with its hop-by-hop fields
+//! replaced and its body relayed as framed (length, chunked, or to the
+//! close), byte for byte.
+//!
+//! Only requests with nothing for the general path to do take this one: no
+//! body, no framing or hop-by-hop headers beyond `Connection:
+//! keep-alive|close`, no upgrade or `Expect`, HTTP/1.1, an origin-form
+//! target and nothing pipelined behind them. Everything else (and any head
+//! this parser has a doubt about) goes through pingora-proxy as before.
 
-use crate::gateway::{Ctx, Gateway};
-use crate::runtime::Upstream;
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use crate::gateway::{Answer, Ctx, Gateway, HeaderSink};
+use crate::identity;
+use crate::ratelimit::BodyPrefix;
+use crate::runtime::{Runtime, Upstream};
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::TransportConnector;
-use pingora::modules::http::HttpModules;
-use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::Stream;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::{HttpPeer, Peer};
-use pingora::{Error, ErrorType};
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use pingora::{Error, ErrorType, OrErr, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Headers that send a request down the general path: framing, hop-by-hop
 /// fields that need stripping or nominating (RFC 9110 §7.6.1), upgrades
@@ -49,30 +59,147 @@ const GENERAL_ONLY: [&str; 11] = [
 
 /// Most headers in a head the direct path takes (more: the general path).
 const MAX_HEADERS: usize = 64;
+/// Most headers in an upstream response head.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Largest upstream response head, as pingora's (`MAX_HEADER_SIZE`).
+const MAX_RESPONSE_HEAD: usize = 1_048_575;
+/// Bytes read from the upstream at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
-/// Whether the head in `buf` (exactly one head, nothing after it) can take
-/// the direct path. Any doubt answers `false`: the general path handles
-/// every request, this one only the plain ones.
-pub fn eligible(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
-        _ => return false,
-    }
-    if !matches!(req.method, Some("GET" | "HEAD")) {
-        return false;
-    }
-    if !req.path.is_some_and(|p| p.starts_with('/')) {
-        return false;
-    }
-    req.headers.iter().all(|h| {
-        if h.name.eq_ignore_ascii_case("connection") {
-            // nominates nothing else: removing it is the whole sanitising
-            let v = h.value.trim_ascii();
-            return v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
+/// A request head the direct path takes: the head's bytes, the request as
+/// `http` parts for the gateway's phases (header values are slices of the
+/// head, not copies), and where its forwardable header lines are.
+pub struct Parsed {
+    buf: Bytes,
+    parts: Parts,
+    /// Spans (name, value) in `buf` of the headers forwarded as they came.
+    forward: [(u32, u32, u32, u32); MAX_HEADERS],
+    forwarded: usize,
+    /// Request line's method and target spans.
+    method: (u32, u32),
+    target: (u32, u32),
+    /// The client's first `X-Forwarded-For`.
+    xff: Option<(u32, u32)>,
+    /// The client sent `Connection: close`.
+    close: bool,
+}
+
+/// The offset of `part` (a slice of `base`) in `base`.
+fn offset(base: &[u8], part: &[u8]) -> u32 {
+    (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize) as u32
+}
+
+fn span(buf: &Bytes, (start, end): (u32, u32)) -> &[u8] {
+    buf.get(start as usize..end as usize).unwrap_or_default()
+}
+
+/// Parses `head` (exactly one request head, nothing after it) for the
+/// direct path, or gives it back for the general path. Any doubt gives it
+/// back: the general path handles every request, this one only the plain
+/// ones. The client's copies of the gateway's reserved headers (`X-Auth-*`
+/// and the route-mapped ones, in any spelling) are dropped here, before
+/// any phase can see them.
+pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parsed, BytesMut> {
+    let mut forward = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut forwarded = 0;
+    let mut kept = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut n_kept = 0;
+    let mut xff = None;
+    let mut close = false;
+    let (method, target, is_head) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+            _ => return Err(head),
         }
-        !GENERAL_ONLY.iter().any(|g| h.name.eq_ignore_ascii_case(g))
+        let is_head = match req.method {
+            Some("GET") => false,
+            Some("HEAD") => true,
+            _ => return Err(head),
+        };
+        if req.version != Some(1) {
+            return Err(head);
+        }
+        let (Some(m), Some(path)) = (req.method, req.path) else {
+            return Err(head);
+        };
+        if !path.starts_with('/') {
+            return Err(head);
+        }
+        let m = offset(&head, m.as_bytes());
+        let t = offset(&head, path.as_bytes());
+        let method = (m, m + if is_head { 4 } else { 3 });
+        let target = (t, t + path.len() as u32);
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("connection") {
+                // nominates nothing else: removing it is the whole sanitising
+                let v = h.value.trim_ascii();
+                if v.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !v.eq_ignore_ascii_case(b"keep-alive") {
+                    return Err(head);
+                }
+                continue;
+            }
+            if GENERAL_ONLY.iter().any(|g| name.eq_ignore_ascii_case(g)) {
+                return Err(head);
+            }
+            if identity::is_reserved_name(name, mapped) {
+                continue;
+            }
+            let n = offset(&head, name.as_bytes());
+            let v = offset(&head, h.value);
+            let entry = (n, n + name.len() as u32, v, v + h.value.len() as u32);
+            if let Some(k) = kept.get_mut(n_kept) {
+                *k = entry;
+                n_kept += 1;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff = xff.or(Some((entry.2, entry.3)));
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                continue;
+            }
+            if let Some(f) = forward.get_mut(forwarded) {
+                *f = entry;
+                forwarded += 1;
+            }
+        }
+        (method, target, is_head)
+    };
+    let buf = head.freeze();
+    let Ok(pq) =
+        http::uri::PathAndQuery::from_maybe_shared(buf.slice(target.0 as usize..target.1 as usize))
+    else {
+        return Err(BytesMut::from(buf));
+    };
+    let mut headers = http::HeaderMap::with_capacity(n_kept);
+    for &(ns, ne, vs, ve) in kept.iter().take(n_kept) {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(span(&buf, (ns, ne))),
+            HeaderValue::from_maybe_shared(buf.slice(vs as usize..ve as usize)),
+        ) else {
+            return Err(BytesMut::from(buf));
+        };
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = if is_head { Method::HEAD } else { Method::GET };
+    parts.uri = http::Uri::from(pq);
+    parts.version = http::Version::HTTP_11;
+    parts.headers = headers;
+    Ok(Parsed {
+        buf,
+        parts,
+        forward,
+        forwarded,
+        method,
+        target,
+        xff,
+        close,
     })
 }
 
@@ -133,6 +260,17 @@ impl IdlePool {
     }
 }
 
+/// Buffers one client connection reuses for every direct request on it.
+#[derive(Default)]
+pub struct Buffers {
+    /// The request head sent upstream.
+    req: Vec<u8>,
+    /// What the upstream sent, not yet relayed.
+    resp: BytesMut,
+    /// What goes to the client next.
+    out: Vec<u8>,
+}
+
 /// The direct path's parts: the gateway's phases and a connector (TCP,
 /// and TLS with the upstream's trust store and name, as pingora's own).
 pub struct Direct {
@@ -140,224 +278,817 @@ pub struct Direct {
     pub connector: TransportConnector,
 }
 
-/// What the upstream exchange gave: the error (if any) and whether the
-/// client connection can be reused.
-type Outcome = (bool, Option<Box<Error>>);
+/// The gateway's headers appended to a request head as lines.
+struct LineSink<'a>(&'a mut Vec<u8>);
 
-impl Direct {
-    /// Serves one request whose head was checked by [`eligible`]; returns
-    /// the client connection when it can carry the next request.
-    pub async fn serve(&self, mut session: Session) -> Option<ReusedHttpStream> {
-        match session.downstream_session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            // as pingora-proxy answers a head its parser refuses
-            Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = session.downstream_session.respond_error(400).await;
-                }
-                return None;
-            }
-        }
-        let gw = &self.gateway;
-        let mut ctx = gw.new_ctx();
-        let (mut reuse, error) = match gw.request_filter(&mut session, &mut ctx).await {
-            Ok(true) => (true, None),
-            Ok(false) => self.proxy(&mut session, &mut ctx).await,
-            Err(e) => (false, Some(e)),
-        };
-        if let Some(e) = &error {
-            let r = gw.fail_to_proxy(&mut session, e, &mut ctx).await;
-            reuse = r.can_reuse_downstream;
-            tracing::error!(
-                "Fail to proxy: {e}, status: {}, {}",
-                r.error_code,
-                gw.request_summary(&session, &ctx)
-            );
-        }
-        gw.logging(&mut session, error.as_deref(), &mut ctx).await;
-        if !reuse {
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let Session {
-            downstream_session, ..
-        } = session;
-        downstream_session
-            .finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+impl HeaderSink for LineSink<'_> {
+    fn put(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+        line(self.0, name.as_bytes(), value.as_bytes());
+        Ok(())
     }
-
-    /// Connects (retrying the next address as `fail_to_connect` decides),
-    /// sends the request and relays the response.
-    async fn proxy(&self, session: &mut Session, ctx: &mut Ctx) -> Outcome {
-        let gw = &self.gateway;
-        let rt = ctx.upstream();
-        let Some(upstream) = rt.as_ref().and_then(|(rt, i)| rt.upstreams.get(*i)) else {
-            let e = Error::explain(ErrorType::InternalError, "no upstream for route");
-            return (false, Some(e));
-        };
-        let mut fresh_only = false;
-        loop {
-            let peer = match gw.upstream_peer(session, ctx).await {
-                Ok(p) => p,
-                Err(e) => return (false, Some(e)),
-            };
-            let addr = match peer.address().as_inet() {
-                Some(a) => *a,
-                None => {
-                    let e = Error::explain(ErrorType::InternalError, "upstream is not TCP");
-                    return (false, Some(e));
-                }
-            };
-            let (stream, reused) = match (!fresh_only).then(|| upstream.pool.take(addr)).flatten() {
-                Some(s) => (s, true),
-                None => match self.connector.new_stream(&*peer).await {
-                    Ok(s) => (s, false),
-                    Err(mut e) => {
-                        e.as_up();
-                        let e = gw.fail_to_connect(session, &peer, ctx, e);
-                        if e.retry() {
-                            continue;
-                        }
-                        return (false, Some(e.into_up()));
-                    }
-                },
-            };
-            match self
-                .exchange(session, ctx, &peer, stream, addr, upstream)
-                .await
-            {
-                Exchange::Relayed => return (true, None),
-                Exchange::Failed(e) => return (false, Some(e)),
-                // a pooled connection the upstream had closed: once more, fresh
-                Exchange::Stale if reused && !fresh_only => fresh_only = true,
-                Exchange::Stale => {
-                    let e = Error::explain(
-                        ErrorType::ConnectionClosed,
-                        "upstream closed the connection before answering",
-                    );
-                    return (false, Some(e.into_up()));
-                }
-            }
-        }
-    }
-
-    /// One request/response exchange on `stream`.
-    async fn exchange(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        peer: &HttpPeer,
-        stream: Stream,
-        addr: SocketAddr,
-        upstream: &Upstream,
-    ) -> Exchange {
-        let gw = &self.gateway;
-        let mut up = UpstreamSession::new_with_options(stream, peer);
-        up.read_timeout = peer.options.read_timeout;
-        up.write_timeout = peer.options.write_timeout;
-
-        let mut req = session.req_header().clone();
-        req.set_version(http::Version::HTTP_11);
-        req.remove_header(&http::header::CONNECTION);
-        if let Err(e) = gw.upstream_request_filter(session, &mut req, ctx).await {
-            return Exchange::Failed(e);
-        }
-        if up.write_request_header(Box::new(req)).await.is_err() {
-            return Exchange::Stale;
-        }
-        let mut head = loop {
-            match up.read_response().await {
-                Ok(_) => {}
-                // nothing came back: the connection was dead (or the
-                // upstream dropped it unanswered)
-                Err(e) if up.resp_header().is_none() && up.body_bytes_received() == 0 => {
-                    if matches!(
-                        e.etype(),
-                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-                    ) {
-                        return Exchange::Stale;
-                    }
-                    return Exchange::Failed(e.into_up());
-                }
-                Err(e) => return Exchange::Failed(e.into_up()),
-            }
-            let Some(h) = up.resp_header() else {
-                let e = Error::explain(ErrorType::InvalidHTTPHeader, "no response header");
-                return Exchange::Failed(e.into_up());
-            };
-            if h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS {
-                // 103 Early Hints and the like: relayed, then the real answer
-                let info = Box::new(h.clone());
-                if let Err(e) = session.write_response_header(info, false).await {
-                    return Exchange::Failed(e.into_down());
-                }
-                continue;
-            }
-            break Box::new(h.clone());
-        };
-        if let Err(e) = gw.response_filter(session, &mut head, ctx).await {
-            return Exchange::Failed(e);
-        }
-        let body_done = up.is_body_done();
-        if let Err(e) = session.write_response_header(head, body_done).await {
-            return Exchange::Failed(e.into_down());
-        }
-        if !body_done {
-            loop {
-                let chunk = match up.read_body_bytes().await {
-                    Ok(c) => c,
-                    Err(e) => return Exchange::Failed(e.into_up()),
-                };
-                let end = chunk.is_none() || up.is_body_done();
-                if let Err(e) = session.write_response_body(chunk, end).await {
-                    return Exchange::Failed(e.into_down());
-                }
-                if end {
-                    break;
-                }
-            }
-        }
-        up.respect_keepalive();
-        if let Some(s) = up.reuse().await {
-            upstream.pool.put(addr, s);
-        }
-        Exchange::Relayed
+    fn put_named(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
+        line(self.0, name.as_str().as_bytes(), value.as_bytes());
+        Ok(())
     }
 }
 
-/// How one exchange on a connection ended.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How one exchange on an upstream connection ended.
 enum Exchange {
-    /// The response reached the client; the upstream connection went back
-    /// to the pool if it could.
-    Relayed,
-    Failed(Box<Error>),
-    /// Nothing was sent back: a pooled connection may have been closed.
+    /// The response reached the client (`keep`: the client connection can
+    /// carry the next request).
+    Relayed { status: u16, keep: bool },
+    /// Failed; `sent`: the status already sent to the client, if any (then
+    /// the client connection is closed mid-response, there is no answer
+    /// left to give).
+    Failed {
+        error: Box<Error>,
+        sent: Option<u16>,
+    },
+    /// Nothing came back: a pooled connection may have been closed.
     Stale,
 }
 
-/// A `pingora_proxy::Session` over `stream` without downstream modules
-/// (authgate adds none: `Gateway::init_downstream_modules`).
-pub fn session_for(stream: Stream) -> Session {
-    thread_local! {
-        static NO_MODULES: HttpModules = HttpModules::new();
+/// How an upstream response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes.
+    Close,
+}
+
+impl Direct {
+    /// Serves one request parsed by [`parse`]; returns the client
+    /// connection when it can carry the next request. `closing`: the
+    /// server is shutting down, so this is the connection's last answer.
+    pub async fn serve(
+        &self,
+        mut client: Stream,
+        req: Parsed,
+        rt: Arc<Runtime>,
+        bufs: &mut Buffers,
+        closing: bool,
+    ) -> Option<Stream> {
+        let gw = &self.gateway;
+        let mut ctx = Ctx::new();
+        let peer = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let verdict = self.admit(&req, peer, rt, &mut ctx).await;
+        let keep_client = !req.close && !closing;
+        let head_only = req.parts.method == Method::HEAD;
+        let (status, error, keep) = match verdict {
+            Err(answer) => {
+                let keep = keep_client && !answer.close;
+                answer_bytes(&mut bufs.out, &answer, head_only, keep);
+                let sent = write_out(&mut client, &bufs.out).await.is_ok();
+                (answer.status, None, keep && sent)
+            }
+            Ok(()) => match self
+                .proxy(&mut client, &req, &mut ctx, bufs, keep_client)
+                .await
+            {
+                Exchange::Relayed { status, keep } => (status, None, keep),
+                Exchange::Failed {
+                    error,
+                    sent: Some(status),
+                } => (status, Some(error), false),
+                Exchange::Failed { error, sent: None } => {
+                    let code = Gateway::error_status(&error);
+                    let status = match code {
+                        502 => {
+                            let answer = gw.upstream_error(&mut ctx);
+                            answer_bytes(&mut bufs.out, &answer, head_only, false);
+                            let _ = write_out(&mut client, &bufs.out).await;
+                            502
+                        }
+                        0 => 0,
+                        code => {
+                            let answer = Answer {
+                                status: code,
+                                headers: vec![
+                                    ("Content-Length", "0".into()),
+                                    ("Cache-Control", "private, no-store".into()),
+                                ],
+                                body: Bytes::new(),
+                                close: true,
+                            };
+                            answer_bytes(&mut bufs.out, &answer, head_only, false);
+                            let _ = write_out(&mut client, &bufs.out).await;
+                            code
+                        }
+                    };
+                    tracing::error!(
+                        "Fail to proxy: {error}, status: {code}, {} {}",
+                        req.parts.method,
+                        req.parts.uri.path()
+                    );
+                    (status, Some(error), false)
+                }
+                Exchange::Stale => {
+                    let error = Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "upstream closed the connection before answering",
+                    )
+                    .into_up();
+                    let answer = gw.upstream_error(&mut ctx);
+                    answer_bytes(&mut bufs.out, &answer, head_only, false);
+                    let _ = write_out(&mut client, &bufs.out).await;
+                    tracing::error!(
+                        "Fail to proxy: {error}, status: 502, {} {}",
+                        req.parts.method,
+                        req.parts.uri.path()
+                    );
+                    (502, Some(error), false)
+                }
+            },
+        };
+        gw.finish(
+            req.parts.method.as_str(),
+            req.parts.uri.path(),
+            status,
+            error.as_deref(),
+            &mut ctx,
+        )
+        .await;
+        keep.then_some(client)
     }
-    NO_MODULES.with(|m| Session::new_h1_with_modules(stream, m))
+
+    /// The request phase: route, rate limits, authentication.
+    async fn admit(
+        &self,
+        req: &Parsed,
+        peer: Option<IpAddr>,
+        rt: Arc<Runtime>,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Answer> {
+        let gw = &self.gateway;
+        gw.begin(&req.parts, peer, rt, ctx)?;
+        if let Some(need_body) = ctx
+            .matched()
+            .filter(|r| !r.limits.is_empty())
+            .map(|r| r.limits_need_body)
+        {
+            // a direct request has no body: keys from it see an empty one
+            let empty = BodyPrefix {
+                bytes: Vec::new(),
+                complete: true,
+            };
+            let body = need_body.then_some(&empty);
+            gw.check_limits(&req.parts, body, ctx).await?;
+        }
+        gw.authenticate(&req.parts, ctx).await
+    }
+
+    /// Connects (the next address after a failed connect, a fresh
+    /// connection after a stale pooled one), sends the request and relays
+    /// the response.
+    async fn proxy(
+        &self,
+        client: &mut Stream,
+        req: &Parsed,
+        ctx: &mut Ctx,
+        bufs: &mut Buffers,
+        keep_client: bool,
+    ) -> Exchange {
+        let gw = &self.gateway;
+        let Some((rt, index)) = ctx.upstream() else {
+            let error = Error::explain(ErrorType::InternalError, "no upstream for route");
+            return Exchange::Failed { error, sent: None };
+        };
+        let Some(upstream) = rt.upstreams.get(index) else {
+            let error = Error::explain(ErrorType::InternalError, "no upstream for route");
+            return Exchange::Failed { error, sent: None };
+        };
+        if let Err(error) = request_head(gw, req, ctx, &mut bufs.req) {
+            return Exchange::Failed { error, sent: None };
+        }
+        let mut fresh_only = false;
+        loop {
+            let Some(addr) = upstream.pick(ctx.tries()) else {
+                let error = Error::explain(ErrorType::InternalError, "upstream has no address");
+                return Exchange::Failed { error, sent: None };
+            };
+            ctx.upstream_started();
+            let pooled = (!fresh_only).then(|| upstream.pool.take(addr)).flatten();
+            let (stream, reused) = match pooled {
+                Some(s) => (s, true),
+                None => {
+                    let peer = gw.peer_at(upstream, addr, ctx);
+                    match self.connector.new_stream(&peer).await {
+                        Ok(s) => (s, false),
+                        Err(mut e) => {
+                            e.as_up();
+                            if gw.connect_failed(ctx) {
+                                continue;
+                            }
+                            return Exchange::Failed {
+                                error: e,
+                                sent: None,
+                            };
+                        }
+                    }
+                }
+            };
+            let exchange = Relay {
+                client: &mut *client,
+                upstream: stream,
+                bufs: &mut *bufs,
+                head_only: req.parts.method == Method::HEAD,
+                keep_client,
+                read_timeout: upstream.read_timeout,
+            }
+            .run(gw, ctx, upstream, addr)
+            .await;
+            match exchange {
+                // a pooled connection the upstream had closed: once more, fresh
+                Exchange::Stale if reused && !fresh_only => fresh_only = true,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The head sent upstream: the request line, the client's forwardable
+/// header lines as they came, the gateway's headers.
+fn request_head(gw: &Gateway, req: &Parsed, ctx: &Ctx, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    out.extend_from_slice(span(&req.buf, req.method));
+    out.push(b' ');
+    out.extend_from_slice(span(&req.buf, req.target));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for &(ns, ne, vs, ve) in req.forward.iter().take(req.forwarded) {
+        line(out, span(&req.buf, (ns, ne)), span(&req.buf, (vs, ve)));
+    }
+    let xff = req
+        .xff
+        .and_then(|s| std::str::from_utf8(span(&req.buf, s)).ok());
+    gw.forward_headers(ctx, xff, &mut LineSink(out))?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Writes all of `bytes` to the client.
+async fn write_out(client: &mut Stream, bytes: &[u8]) -> Result<()> {
+    client
+        .write_all(bytes)
+        .await
+        .or_err(ErrorType::WriteError, "writing to the client")?;
+    client
+        .flush()
+        .await
+        .or_err(ErrorType::WriteError, "flushing to the client")
+}
+
+/// An [`Answer`] as bytes in `out`, with `Date` and `Connection` as every
+/// response gets them. A value with a line break (none the gateway makes)
+/// is left out rather than let split the head.
+fn answer_bytes(out: &mut Vec<u8>, answer: &Answer, head_only: bool, keep: bool) {
+    out.clear();
+    status_line(out, answer.status, None);
+    for (name, value) in &answer.headers {
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            continue;
+        }
+        line(out, name.as_bytes(), value.as_bytes());
+    }
+    date_and_connection(out, keep);
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&answer.body);
+    }
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&[u8]>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(code.format(status).as_bytes());
+    out.push(b' ');
+    let canonical = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.unwrap_or(canonical.as_bytes()));
+    out.extend_from_slice(b"\r\n");
+}
+
+fn date_and_connection(out: &mut Vec<u8>, keep: bool) {
+    line(
+        out,
+        b"Date",
+        pingora::protocols::http::date::get_cached_date().as_bytes(),
+    );
+    out.extend_from_slice(if keep {
+        b"Connection: keep-alive\r\n"
+    } else {
+        b"Connection: close\r\n"
+    });
+}
+
+/// Whether a `Connection` value (a comma list) has `token`.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// One request/response exchange on an upstream connection.
+struct Relay<'a> {
+    client: &'a mut Stream,
+    upstream: Stream,
+    bufs: &'a mut Buffers,
+    head_only: bool,
+    keep_client: bool,
+    read_timeout: Duration,
+}
+
+/// What a response head said.
+struct ResponseHead {
+    status: u16,
+    /// Its length in the buffer.
+    len: usize,
+    framing: Framing,
+    /// The upstream keeps the connection open after this response.
+    upstream_keep: bool,
+}
+
+impl Relay<'_> {
+    async fn run(
+        mut self,
+        gw: &Gateway,
+        ctx: &mut Ctx,
+        upstream: &Upstream,
+        addr: SocketAddr,
+    ) -> Exchange {
+        if self.upstream.write_all(&self.bufs.req).await.is_err()
+            || self.upstream.flush().await.is_err()
+        {
+            return Exchange::Stale;
+        }
+        self.bufs.resp.clear();
+        let mut received = false;
+        let head = loop {
+            let head = match self.parse_head() {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    match self.read_upstream().await {
+                        Ok(0) if !received => return Exchange::Stale,
+                        Ok(0) => {
+                            let error = Error::explain(
+                                ErrorType::ConnectionClosed,
+                                "upstream closed the connection mid-head",
+                            )
+                            .into_up();
+                            return Exchange::Failed { error, sent: None };
+                        }
+                        Ok(_) => received = true,
+                        // nothing came back: the connection was dead (or
+                        // the upstream dropped it unanswered)
+                        Err(e) if !received && matches!(e.etype(), ErrorType::ReadError) => {
+                            return Exchange::Stale
+                        }
+                        Err(error) => return Exchange::Failed { error, sent: None },
+                    }
+                    continue;
+                }
+                Err(error) => return Exchange::Failed { error, sent: None },
+            };
+            if (100..200).contains(&head.status) {
+                if head.status == 101 {
+                    let error = Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "upstream switched protocols unasked",
+                    )
+                    .into_up();
+                    return Exchange::Failed { error, sent: None };
+                }
+                // 103 Early Hints and the like: relayed, then the real answer
+                self.bufs.out.clear();
+                if let Err(error) =
+                    response_head(&self.bufs.resp[..head.len], &mut self.bufs.out, None)
+                {
+                    return Exchange::Failed { error, sent: None };
+                }
+                if let Err(e) = write_out(self.client, &self.bufs.out).await {
+                    return Exchange::Failed {
+                        error: e.into_down(),
+                        sent: None,
+                    };
+                }
+                self.bufs.resp.advance(head.len);
+                continue;
+            }
+            break head;
+        };
+        let status = head.status;
+        let limits = gw.upstream_answered(status, ctx).await;
+        let close_delimited = matches!(head.framing, Framing::Close);
+        let keep = self.keep_client && !close_delimited;
+        self.bufs.out.clear();
+        let tail = ResponseTail { limits, keep };
+        if let Err(error) =
+            response_head(&self.bufs.resp[..head.len], &mut self.bufs.out, Some(&tail))
+        {
+            return Exchange::Failed { error, sent: None };
+        }
+        self.bufs.resp.advance(head.len);
+        match self.relay_body(head.framing).await {
+            Ok(clean) => {
+                if clean && head.upstream_keep && !close_delimited {
+                    upstream.pool.put(addr, self.upstream);
+                }
+                Exchange::Relayed { status, keep }
+            }
+            Err(error) => Exchange::Failed {
+                error,
+                sent: Some(status),
+            },
+        }
+    }
+
+    /// Reads more of the response (with the upstream's read timeout).
+    async fn read_upstream(&mut self) -> Result<usize> {
+        let resp = &mut self.bufs.resp;
+        if resp.capacity() - resp.len() < READ_CHUNK / 2 {
+            resp.reserve(READ_CHUNK);
+        }
+        match pingora::time::timeout(self.read_timeout, self.upstream.read_buf(resp)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "reading from the upstream", e)
+                .map_err(|e| e.into_up()),
+            Err(_) => {
+                Err(Error::explain(ErrorType::ReadTimedout, "upstream read timed out").into_up())
+            }
+        }
+    }
+
+    /// The response head at the start of the buffer, if it is all there.
+    fn parse_head(&self) -> Result<Option<ResponseHead>> {
+        let buf = &self.bufs.resp[..];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let mut config = httparse::ParserConfig::default();
+        config.allow_spaces_after_header_name_in_responses(true);
+        let len = match config.parse_response(&mut resp, buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "upstream response head too large",
+                )
+                .into_up())
+            }
+            Err(e) => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("upstream response head: {e}"),
+                )
+                .into_up())
+            }
+        };
+        let status = resp.code.unwrap_or(0);
+        let http11 = resp.version == Some(1);
+        let mut length: Option<u64> = None;
+        let mut encoded = false;
+        let mut chunked = false;
+        let mut close = false;
+        let mut keep_alive = false;
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value.trim_ascii())
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|_| h.value.trim_ascii().iter().all(u8::is_ascii_digit));
+                match (v, length) {
+                    (Some(v), None) => length = Some(v),
+                    (Some(v), Some(l)) if v == l => {}
+                    _ => {
+                        return Err(Error::explain(
+                            ErrorType::InvalidHTTPHeader,
+                            "upstream response with an invalid Content-Length",
+                        )
+                        .into_up())
+                    }
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                encoded = true;
+                // chunked must be the last coding (RFC 9112 §6.3)
+                chunked = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                close |= has_token(h.value, b"close");
+                keep_alive |= has_token(h.value, b"keep-alive");
+            }
+        }
+        let framing =
+            if self.head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+                Framing::None
+            } else if encoded && chunked {
+                Framing::Chunked(Chunked::default())
+            } else if encoded {
+                Framing::Close
+            } else {
+                match length {
+                    Some(0) => Framing::None,
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Close,
+                }
+            };
+        // RFC 9112 §9.3: 1.1 persists unless closed; 1.0 only when asked,
+        // and never after a Transfer-Encoding (§6.1)
+        let upstream_keep = !close && (if http11 { true } else { keep_alive && !encoded });
+        Ok(Some(ResponseHead {
+            status,
+            len,
+            framing,
+            upstream_keep,
+        }))
+    }
+
+    /// Sends the head in `out` and the body after it. `Ok(true)`: the
+    /// body ended exactly where the framing said (the connection is fit
+    /// for another exchange).
+    async fn relay_body(&mut self, framing: Framing) -> Result<bool> {
+        let mut clean = true;
+        match framing {
+            Framing::None => {
+                clean = self.bufs.resp.is_empty();
+                self.flush_out().await?;
+            }
+            Framing::Length(mut left) => {
+                loop {
+                    let have = self.bufs.resp.len() as u64;
+                    let take = have.min(left) as usize;
+                    self.bufs.out.extend_from_slice(&self.bufs.resp[..take]);
+                    self.bufs.resp.advance(take);
+                    left -= take as u64;
+                    if left == 0 {
+                        clean = self.bufs.resp.is_empty();
+                        break;
+                    }
+                    self.flush_out().await?;
+                    self.bufs.resp.clear();
+                    if self.read_upstream().await? == 0 {
+                        return Err(Error::explain(
+                            ErrorType::ConnectionClosed,
+                            "upstream closed mid-body",
+                        )
+                        .into_up());
+                    }
+                }
+                self.flush_out().await?;
+            }
+            Framing::Chunked(mut state) => {
+                loop {
+                    let used = state
+                        .advance(&self.bufs.resp)
+                        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e).into_up())?;
+                    self.bufs.out.extend_from_slice(&self.bufs.resp[..used]);
+                    self.bufs.resp.advance(used);
+                    if state.done() {
+                        clean = self.bufs.resp.is_empty();
+                        break;
+                    }
+                    self.flush_out().await?;
+                    self.bufs.resp.clear();
+                    if self.read_upstream().await? == 0 {
+                        return Err(Error::explain(
+                            ErrorType::ConnectionClosed,
+                            "upstream closed mid-body",
+                        )
+                        .into_up());
+                    }
+                }
+                self.flush_out().await?;
+            }
+            Framing::Close => loop {
+                let have = self.bufs.resp.len();
+                self.bufs.out.extend_from_slice(&self.bufs.resp[..have]);
+                self.bufs.resp.clear();
+                self.flush_out().await?;
+                if self.read_upstream().await? == 0 {
+                    break;
+                }
+            },
+        }
+        Ok(clean)
+    }
+
+    /// Writes what `out` holds to the client.
+    async fn flush_out(&mut self) -> Result<()> {
+        if !self.bufs.out.is_empty() {
+            let r = write_out(self.client, &self.bufs.out).await;
+            self.bufs.out.clear();
+            r.map_err(|e| e.into_down())?;
+        }
+        Ok(())
+    }
+}
+
+/// What the gateway adds to a final response head.
+struct ResponseTail {
+    /// `RateLimit-Policy` and `RateLimit`.
+    limits: Option<(String, String)>,
+    /// The client connection stays open.
+    keep: bool,
+}
+
+/// Rewrites the upstream's response head `raw` for the client: HTTP/1.1,
+/// its status and reason, its fields but the hop-by-hop ones (`Connection`,
+/// `Keep-Alive`, `Proxy-Connection`) and, when a `Transfer-Encoding`
+/// frames the body, `Content-Length`; then (final responses) the rate-limit
+/// headers, `Date` when the upstream sent none, and `Connection`.
+fn response_head(raw: &[u8], out: &mut Vec<u8>, tail: Option<&ResponseTail>) -> Result<()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    if !matches!(
+        config.parse_response(&mut resp, raw),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return Err(
+            Error::explain(ErrorType::InvalidHTTPHeader, "upstream response head").into_up(),
+        );
+    }
+    status_line(out, resp.code.unwrap_or(0), resp.reason.map(str::as_bytes));
+    let encoded = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let mut dated = false;
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("connection")
+            || n.eq_ignore_ascii_case("keep-alive")
+            || n.eq_ignore_ascii_case("proxy-connection")
+            || (encoded && n.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
+        dated |= n.eq_ignore_ascii_case("date");
+        line(out, n.as_bytes(), h.value);
+    }
+    if let Some(tail) = tail {
+        if let Some((policy, state)) = &tail.limits {
+            line(out, b"RateLimit-Policy", policy.as_bytes());
+            line(out, b"RateLimit", state.as_bytes());
+        }
+        if !dated {
+            line(
+                out,
+                b"Date",
+                pingora::protocols::http::date::get_cached_date().as_bytes(),
+            );
+        }
+        out.extend_from_slice(if tail.keep {
+            b"Connection: keep-alive\r\n"
+        } else {
+            b"Connection: close\r\n"
+        });
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Where a chunked body (RFC 9112 §7.1) is, read byte for byte as it
+/// passes through unchanged: only its end matters here.
+#[derive(Clone, Copy, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// The chunk size being read, or the data left in the chunk.
+    n: u64,
+    /// Hex digits seen in the size being read.
+    digits: bool,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    /// In the hex digits of a chunk size.
+    #[default]
+    Size,
+    /// After the size: extensions, up to the line's end.
+    Ext,
+    Data,
+    /// The CR after a chunk's data.
+    DataCr,
+    /// The LF after a chunk's data.
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// The LF of the final empty line.
+    EndLf,
+    /// Inside a trailer field line.
+    Trailer,
+    Done,
+}
+
+impl Chunked {
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Moves over `buf`; how many of its bytes belong to the body (all of
+    /// them, or up to the end).
+    fn advance(&mut self, buf: &[u8]) -> std::result::Result<usize, &'static str> {
+        let mut i = 0;
+        while i < buf.len() && self.state != ChunkState::Done {
+            let b = buf[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        if self.n >> 60 != 0 {
+                            return Err("chunk size too large");
+                        }
+                        self.n = self.n * 16 + d;
+                        self.digits = true;
+                    }
+                    _ if !self.digits => return Err("invalid chunk size"),
+                    b'\r' | b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
+                    b'\n' => self.line_end(),
+                    _ => return Err("invalid chunk size"),
+                },
+                ChunkState::Ext => {
+                    if b == b'\n' {
+                        self.line_end();
+                    }
+                }
+                ChunkState::Data => {
+                    let take = (buf.len() - i).min(self.n as usize);
+                    self.n -= take as u64;
+                    i += take;
+                    if self.n == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => match b {
+                    b'\r' => self.state = ChunkState::DataLf,
+                    b'\n' => self.state = ChunkState::Size,
+                    _ => return Err("chunk data longer than its size"),
+                },
+                ChunkState::DataLf => match b {
+                    b'\n' => self.state = ChunkState::Size,
+                    _ => return Err("chunk data longer than its size"),
+                },
+                ChunkState::TrailerStart => match b {
+                    b'\r' => self.state = ChunkState::EndLf,
+                    b'\n' => self.state = ChunkState::Done,
+                    _ => self.state = ChunkState::Trailer,
+                },
+                ChunkState::EndLf => match b {
+                    b'\n' => self.state = ChunkState::Done,
+                    _ => return Err("invalid end of chunked body"),
+                },
+                ChunkState::Trailer => {
+                    if b == b'\n' {
+                        self.state = ChunkState::TrailerStart;
+                    }
+                }
+                ChunkState::Done => {}
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// The end of a chunk-size line: data follows, or the trailers.
+    fn line_end(&mut self) {
+        self.digits = false;
+        self.state = if self.n == 0 {
+            ChunkState::TrailerStart
+        } else {
+            ChunkState::Data
+        };
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::eligible;
+    use super::Chunked;
+
+    fn direct(head: &[u8]) -> bool {
+        super::parse(bytes::BytesMut::from(head), &[]).is_ok()
+    }
 
     #[test]
-    fn only_plain_bodyless_requests_are_eligible() {
-        assert!(eligible(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(eligible(b"HEAD /a?b=c HTTP/1.0\r\n\r\n"));
-        assert!(eligible(
+    fn only_plain_bodyless_requests_are_direct() {
+        assert!(direct(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(direct(b"HEAD /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(direct(
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nAuthorization: Bearer t\r\n\r\n"
         ));
         for head in [
@@ -370,12 +1101,60 @@ mod tests {
             b"GET /a HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
             b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            // HTTP/1.0 (keep-alive rules of its own): the general path
+            b"GET /a HTTP/1.0\r\n\r\n",
             // a pipelined second request stays with the general path
             b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
             b"GET /a HTTP/1.1\r\nHost: x\r\n",
             b"GARBAGE\r\n\r\n",
         ] {
-            assert!(!eligible(head), "{}", String::from_utf8_lossy(head));
+            assert!(!direct(head), "{}", String::from_utf8_lossy(head));
         }
+    }
+
+    #[test]
+    fn reserved_headers_never_reach_the_phases() {
+        let mapped = [http::HeaderName::from_static("x-user")];
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Auth-Subject: admin\r\nX_Auth_Roles: root\r\nx_USER: bob\r\nAccept: */*\r\n\r\n";
+        let Ok(p) = super::parse(bytes::BytesMut::from(&head[..]), &mapped) else {
+            panic!("not direct");
+        };
+        assert!(p.parts.headers.get("x-auth-subject").is_none());
+        assert!(p.parts.headers.get("x_auth_roles").is_none());
+        assert_eq!(p.parts.headers.len(), 2);
+        assert_eq!(p.forwarded, 2);
+    }
+
+    /// Feeds `body` in pieces of every size; the end must be found at the
+    /// same byte each time.
+    fn end_of(body: &[u8]) -> Result<usize, &'static str> {
+        let mut first = None;
+        for step in 1..=body.len().max(1) {
+            let mut c = Chunked::default();
+            let mut at = 0;
+            while at < body.len() && !c.done() {
+                let piece = &body[at..(at + step).min(body.len())];
+                at += c.advance(piece)?;
+            }
+            let end = if c.done() { at } else { usize::MAX };
+            match first {
+                None => first = Some(end),
+                Some(f) => assert_eq!(f, end, "step {step}"),
+            }
+        }
+        Ok(first.unwrap_or(usize::MAX))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let b = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nNEXT";
+        assert_eq!(end_of(b), Ok(b.len() - 4));
+        let t = b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        assert_eq!(end_of(t), Ok(t.len() - 4));
+        let unfinished = b"5\r\nhello\r\n0\r\n";
+        assert_eq!(end_of(unfinished), Ok(usize::MAX));
+        assert!(end_of(b"5\r\nhello!!\r\n0\r\n\r\n").is_err());
+        assert!(end_of(b"zz\r\n").is_err());
+        assert!(end_of(b"fffffffffffffffff\r\n").is_err());
     }
 }

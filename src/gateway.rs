@@ -9,15 +9,17 @@ use crate::denial::Reason;
 use crate::identity::{self, header_safe, AuthMethod, Identity};
 use crate::ratelimit::{self, BodyPrefix, Cell, Count, Limit, BODY_LIMIT};
 use crate::router;
-use crate::runtime::{AuthMode, OnError, Route, Runtime};
+use crate::runtime::{AuthMode, OnError, Route, Runtime, Upstream};
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,14 +54,52 @@ pub struct Ctx {
     failure_cells: Vec<Cell>,
 }
 
+impl Default for Ctx {
+    fn default() -> Ctx {
+        Ctx::new()
+    }
+}
+
 impl Ctx {
+    /// A request's state at its start.
+    pub fn new() -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            rt: None,
+            route: None,
+            identity: None,
+            reason: Reason::Ok,
+            auth_label: "none",
+            peer: None,
+            client_ip: None,
+            scheme: "http",
+            upstream_start: None,
+            tries: 0,
+            builtin: None,
+            rate_decision: None,
+            failure_cells: Vec::new(),
+        }
+    }
+
+    /// Connect attempts so far.
+    pub fn tries(&self) -> usize {
+        self.tries
+    }
+
+    /// The upstream part of the request starts (first connect or reuse).
+    pub fn upstream_started(&mut self) {
+        if self.upstream_start.is_none() {
+            self.upstream_start = Some(Instant::now());
+        }
+    }
+
     /// The matched route, in this request's config snapshot.
-    fn matched(&self) -> Option<&Route> {
+    pub fn matched(&self) -> Option<&Route> {
         self.rt.as_ref()?.routes.get(self.route?)
     }
 
     /// The matched route's upstream.
-    fn matched_upstream(&self) -> Option<&crate::runtime::Upstream> {
+    pub fn matched_upstream(&self) -> Option<&Upstream> {
         self.rt.as_ref()?.upstreams.get(self.matched()?.upstream)
     }
 
@@ -71,23 +111,68 @@ impl Ctx {
     }
 }
 
-impl Gateway {
-    /// The assertion keys' JWKS, public, on the proxy listener.
-    async fn serve_jwks(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<bool> {
-        ctx.reason = Reason::Ok;
-        ctx.builtin = Some("assertion_jwks");
-        let mut resp = ResponseHeader::build(200, Some(4))?;
-        resp.insert_header("Content-Type", "application/json")?;
-        resp.insert_header("Content-Length", body.len().to_string())?;
-        resp.insert_header("Cache-Control", "public, max-age=300")?;
-        let head = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head).await?;
-        if !head {
-            session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await?;
+/// A response the gateway writes itself (a denial, a redirect, the
+/// assertion JWKS), built without a session so both proxy paths write the
+/// same bytes' worth of meaning.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Bytes,
+    /// The request may still have a body on the wire: close after answering.
+    pub close: bool,
+}
+
+impl Answer {
+    /// A denial: status, challenge, JSON body, always with a Content-Length
+    /// (pingora#766). `has_body`: the connection is closed after it.
+    fn deny(
+        reason: Reason,
+        extra: Vec<(&'static str, Cow<'static, str>)>,
+        has_body: bool,
+    ) -> Answer {
+        let r = reason.response();
+        let mut headers = Vec::with_capacity(4 + extra.len());
+        headers.push(("Content-Type", Cow::Borrowed("application/json")));
+        headers.push(("Content-Length", Cow::Owned(r.body.len().to_string())));
+        headers.push(("Cache-Control", Cow::Borrowed("no-store")));
+        if let Some(c) = r.challenge {
+            headers.push(("WWW-Authenticate", Cow::Borrowed(c)));
         }
-        Ok(true)
+        headers.extend(extra);
+        Answer {
+            status: r.status,
+            headers,
+            body: Bytes::from_static(r.body.as_bytes()),
+            close: has_body,
+        }
+    }
+}
+
+/// Where a request goes after its request phase.
+pub type Verdict = std::result::Result<(), Answer>;
+
+/// Something that takes the headers the gateway adds to a forwarded
+/// request: pingora's `RequestHeader` on the general path, the head bytes
+/// on the direct path.
+pub trait HeaderSink {
+    fn put(&mut self, name: &'static str, value: HeaderValue) -> Result<()>;
+    fn put_named(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()>;
+}
+
+impl HeaderSink for RequestHeader {
+    fn put(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn put_named(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name.clone(), value)
+    }
+}
+
+impl Gateway {
+    /// Ends a request with `reason`: recorded for the log and metrics.
+    fn deny(&self, ctx: &mut Ctx, reason: Reason, req: &Parts) -> Verdict {
+        ctx.reason = reason;
+        Err(Answer::deny(reason, Vec::new(), has_body(&req.headers)))
     }
 
     /// Gives back `failures` charges for an attempt that did not fail.
@@ -102,33 +187,108 @@ impl Gateway {
         }
     }
 
-    /// Checks the route's rate limits (one store call); `true` when a
-    /// response (429, or 503 under `on_error = "deny"`) was sent.
-    async fn rate_limit(
+    /// The request phase up to the route: the config snapshot, the client's
+    /// address and scheme, the assertion JWKS, Host, the path and the
+    /// route. The client's copies of reserved headers must already be gone
+    /// (they are never read here).
+    pub fn begin(
         &self,
-        session: &mut Session,
+        req: &Parts,
+        peer: Option<IpAddr>,
+        rt: Arc<Runtime>,
         ctx: &mut Ctx,
-        route: &Route,
-    ) -> Result<bool> {
-        let body = if route.limits_need_body {
-            match read_body(session).await {
-                Ok(b) => Some(b),
-                Err(reason) => return self.deny(session, ctx, reason).await,
-            }
+    ) -> Verdict {
+        ctx.rt = Some(rt.clone());
+        ctx.peer = peer;
+        if let Some(p) = peer {
+            let xff = req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            ctx.client_ip = Some(identity::client_ip(p, xff, &rt.server.trusted_proxies));
+        }
+        ctx.scheme = if rt.server.tls.is_some() {
+            "https"
         } else {
-            None
+            let trusted =
+                peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
+            match req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+                Some(v) if trusted && v.eq_ignore_ascii_case(b"https") => "https",
+                _ => "http",
+            }
         };
+        let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        if let Some(a) = rt
+            .assertion
+            .as_ref()
+            .filter(|a| get && req.uri.path() == a.jwks_path)
+        {
+            ctx.reason = Reason::Ok;
+            ctx.builtin = Some("assertion_jwks");
+            let answer = Answer {
+                status: 200,
+                headers: vec![
+                    ("Content-Type", Cow::Borrowed("application/json")),
+                    ("Content-Length", Cow::Owned(a.jwks.len().to_string())),
+                    ("Cache-Control", Cow::Borrowed("public, max-age=300")),
+                ],
+                body: Bytes::from(a.jwks.clone()),
+                close: false,
+            };
+            return Err(answer);
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            return self.deny(ctx, Reason::BadRequest, req);
+        }
+        let path = match router::normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(_) => return self.deny(ctx, Reason::BadRequest, req),
+        };
+        let host_header = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let host = router::host_of(host_header);
+        let Some(route_idx) = rt.router.resolve(host, req.method.as_str(), &path) else {
+            return self.deny(ctx, Reason::NoRoute, req);
+        };
+        let Some(route) = rt.routes.get(route_idx) else {
+            return self.deny(ctx, Reason::NoRoute, req);
+        };
+        ctx.route = Some(route_idx);
+        ctx.auth_label = route.auth.label();
+        Ok(())
+    }
+
+    /// Checks the matched route's rate limits (one store call). `body`: the
+    /// request body when the route's keys need it.
+    pub async fn check_limits(
+        &self,
+        req: &Parts,
+        body: Option<&BodyPrefix>,
+        ctx: &mut Ctx,
+    ) -> Verdict {
+        let Some(rt) = ctx.rt.clone() else {
+            return Ok(());
+        };
+        let Some(route) = ctx.route.and_then(|i| rt.routes.get(i)) else {
+            return Ok(());
+        };
+        if route.limits.is_empty() {
+            return Ok(());
+        }
         let ip = ctx
             .client_ip
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let headers = &session.req_header().headers;
         let cells: std::result::Result<Vec<Cell>, Reason> = route
             .limits
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 Ok(Cell {
-                    key: ratelimit::key_for(&route.name, i, &l.key, ip, headers, body.as_ref())?,
+                    key: ratelimit::key_for(&route.name, i, &l.key, ip, &req.headers, body)?,
                     emission_us: l.emission_us(),
                     window_us: l.window_us,
                     consume: true,
@@ -137,7 +297,7 @@ impl Gateway {
             .collect();
         let cells = match cells {
             Ok(cells) => cells,
-            Err(reason) => return self.deny(session, ctx, reason).await,
+            Err(reason) => return self.deny(ctx, reason, req),
         };
         match self.state.store.rate_check(&cells).await {
             Err(e) => {
@@ -146,14 +306,11 @@ impl Gateway {
                     .store_errors
                     .with_label_values(&["ratelimit"])
                     .inc();
-                let on_error = ctx
-                    .rt
-                    .as_ref()
-                    .map_or(OnError::Deny, |rt| rt.store.on_error);
+                let on_error = rt.store.on_error;
                 tracing::warn!(error = %e, op = "ratelimit", route = route.name.as_str(), on_error = ?on_error, "store error");
                 match on_error {
-                    OnError::Deny => self.deny(session, ctx, Reason::StoreUnavailable).await,
-                    OnError::Allow => Ok(false),
+                    OnError::Deny => self.deny(ctx, Reason::StoreUnavailable, req),
+                    OnError::Allow => Ok(()),
                 }
             }
             Ok(d) => {
@@ -166,18 +323,16 @@ impl Gateway {
                         .with_label_values(&[route.name.as_str()])
                         .inc();
                     let retry = ratelimit::retry_after_secs(&d).to_string();
-                    return self
-                        .deny_with(
-                            session,
-                            ctx,
-                            Reason::RateLimited,
-                            &[
-                                ("Retry-After", retry),
-                                ("RateLimit-Policy", policy),
-                                ("RateLimit", state),
-                            ],
-                        )
-                        .await;
+                    ctx.reason = Reason::RateLimited;
+                    return Err(Answer::deny(
+                        Reason::RateLimited,
+                        vec![
+                            ("Retry-After", Cow::Owned(retry)),
+                            ("RateLimit-Policy", Cow::Owned(policy)),
+                            ("RateLimit", Cow::Owned(state)),
+                        ],
+                        has_body(&req.headers),
+                    ));
                 }
                 ctx.rate_decision = Some(d);
                 ctx.failure_cells = cells
@@ -186,68 +341,326 @@ impl Gateway {
                     .filter(|(_, l)| l.count == Count::Failures)
                     .map(|(c, _)| c)
                     .collect();
-                Ok(false)
+                Ok(())
             }
         }
     }
 
-    /// A 302 to the login page; `reason` is what the log and metrics record.
-    async fn redirect(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        reason: Reason,
-        location: String,
-    ) -> Result<bool> {
-        ctx.reason = reason;
-        let mut resp = ResponseHeader::build(302, Some(4))?;
-        resp.insert_header("Location", location)?;
-        resp.insert_header("Content-Length", "0")?;
-        resp.insert_header("Cache-Control", "no-store")?;
-        session.write_response_header(Box::new(resp), true).await?;
-        Ok(true)
+    /// Authenticates and authorizes the request for the matched route.
+    pub async fn authenticate(&self, req: &Parts, ctx: &mut Ctx) -> Verdict {
+        let Some(rt) = ctx.rt.clone() else {
+            return self.deny(ctx, Reason::NoRoute, req);
+        };
+        let Some(route) = ctx.route.and_then(|i| rt.routes.get(i)) else {
+            return self.deny(ctx, Reason::NoRoute, req);
+        };
+        if route.auth == AuthMode::None {
+            route
+                .metrics(&self.state.metrics)
+                .auth_for("none")
+                .observe(ctx.start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if route.auth == AuthMode::JwtOrSession && auth::bearer(&req.headers).is_err() {
+            ctx.auth_label = "session";
+        }
+        let mut result = auth::authenticate(&self.state, &rt, route, &req.headers).await;
+        if let Ok(id) = &result {
+            // Known from here on, for the log line, even if refused below.
+            ctx.auth_label = id.method.as_str();
+            ctx.identity = Some(id.clone());
+            // Cookies ride along on cross-site requests; bearer tokens don't.
+            if id.method == AuthMethod::Session
+                && session::is_unsafe(&req.method)
+                && !session::csrf_ok(&req.headers, ctx.scheme, allowed_origins(&rt))
+            {
+                result = Err(Reason::Csrf);
+            }
+        }
+        let result = result.and_then(|id| auth::authorize(&route.require, &id));
+        route
+            .metrics(&self.state.metrics)
+            .auth_for(ctx.auth_label)
+            .observe(ctx.start.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                if reason.response().status == 401
+                    && route.login_redirect.is_some()
+                    && is_browser(req)
+                {
+                    ctx.reason = reason;
+                    let location =
+                        login_location(route.login_redirect.as_deref().unwrap_or("/"), &req.uri);
+                    return Err(Answer {
+                        status: 302,
+                        headers: vec![
+                            ("Location", Cow::Owned(location)),
+                            ("Content-Length", Cow::Borrowed("0")),
+                            ("Cache-Control", Cow::Borrowed("no-store")),
+                        ],
+                        body: Bytes::new(),
+                        close: has_body(&req.headers),
+                    });
+                }
+                self.deny(ctx, reason, req)
+            }
+        }
     }
 
-    /// Writes a denial: status, challenge, JSON body, always with a
-    /// Content-Length (pingora#766). The connection stays open only when the
-    /// request has no body to drain.
-    async fn deny(&self, session: &mut Session, ctx: &mut Ctx, reason: Reason) -> Result<bool> {
-        self.deny_with(session, ctx, reason, &[]).await
+    /// The upstream answered `status`: refunds `failures` charges for a
+    /// success, and gives the `RateLimit-Policy` and `RateLimit` values
+    /// for the response on a rate-limited route.
+    pub async fn upstream_answered(&self, status: u16, ctx: &mut Ctx) -> Option<(String, String)> {
+        let charged = std::mem::take(&mut ctx.failure_cells);
+        let refund = !charged.is_empty() && !matches!(status, 401 | 403);
+        if refund {
+            self.refund(&charged).await;
+        }
+        let mut d = ctx.rate_decision.take()?;
+        let route = ctx.matched()?;
+        if refund {
+            // The headers tell the budget after this answer.
+            for (backlog, l) in d.backlog_us.iter_mut().zip(&route.limits) {
+                if l.count == Count::Failures {
+                    *backlog = backlog.saturating_sub(l.emission_us());
+                }
+            }
+        }
+        let limits: Vec<&Limit> = route.limits.iter().collect();
+        Some(ratelimit::headers(&limits, &d))
     }
 
-    /// [`Gateway::deny`] with extra response headers (429's Retry-After...).
-    async fn deny_with(
+    /// The peer to connect to for this try (`ctx.tries` moves on through
+    /// the upstream's addresses after failed connects).
+    pub fn peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some((rt, i)) = ctx.upstream() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream for route",
+            ));
+        };
+        let up = rt
+            .upstreams
+            .get(i)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
+        let addr = up
+            .pick(ctx.tries)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
+        Ok(Box::new(self.peer_at(up, addr, ctx)))
+    }
+
+    /// The peer for `addr` of `up`: its timeouts and, over TLS, its trust
+    /// store and name.
+    pub fn peer_at(&self, up: &Upstream, addr: std::net::SocketAddr, ctx: &mut Ctx) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        if up.tls {
+            peer.options.verify_cert = true;
+            peer.options.verify_hostname = true;
+            peer.options.ca = up.ca.clone();
+            // pingora's connection pool key ignores the CA: keep pooled TLS
+            // connections apart per upstream and per config, so a
+            // connection verified under one trust store never serves
+            // another (or a reloaded one).
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            up.name.hash(&mut h);
+            ctx.rt.as_ref().map(|rt| rt.generation).hash(&mut h);
+            peer.group_key = h.finish();
+        }
+        ctx.upstream_started();
+        peer
+    }
+
+    /// A failed connect: whether to try the next address.
+    pub fn connect_failed(&self, ctx: &mut Ctx) -> bool {
+        ctx.tries += 1;
+        let addrs = ctx.matched_upstream().map_or(0, |u| u.addrs.len());
+        ctx.tries < addrs
+    }
+
+    /// The headers the gateway adds to a forwarded request (the client's
+    /// copies of them are already gone): `X-Forwarded-For`/`-Proto`, the
+    /// identity, the route's claim headers and the signed assertion.
+    /// `client_xff`: the client's `X-Forwarded-For`.
+    pub fn forward_headers(
         &self,
-        session: &mut Session,
+        ctx: &Ctx,
+        client_xff: Option<&str>,
+        out: &mut impl HeaderSink,
+    ) -> Result<()> {
+        if let Some(peer) = ctx.peer {
+            let trusted = ctx
+                .rt
+                .as_ref()
+                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)));
+            let existing = client_xff.filter(|s| !s.trim().is_empty());
+            let peer = identity::IpText::new(peer);
+            let value = match (trusted, existing) {
+                (true, Some(prev)) => HeaderValue::from_str(&format!("{prev}, {}", peer.as_str())),
+                _ => HeaderValue::from_str(peer.as_str()),
+            };
+            let value = value.or_err(ErrorType::InternalError, "X-Forwarded-For value")?;
+            out.put("X-Forwarded-For", value)?;
+        }
+        // static values: no copy per request (each is checked at compile time)
+        const HTTP: HeaderValue = HeaderValue::from_static("http");
+        const HTTPS: HeaderValue = HeaderValue::from_static("https");
+        const JWT: HeaderValue = HeaderValue::from_static("jwt");
+        const SESSION: HeaderValue = HeaderValue::from_static("session");
+        let proto = if ctx.scheme == "https" { HTTPS } else { HTTP };
+        out.put("X-Forwarded-Proto", proto)?;
+        let Some(id) = &ctx.identity else {
+            return Ok(());
+        };
+        let r = id.rendered();
+        if let Some(v) = &r.subject {
+            out.put("X-Auth-Subject", v.clone())?;
+        }
+        let method = match id.method {
+            AuthMethod::Jwt => JWT,
+            AuthMethod::Session => SESSION,
+        };
+        out.put("X-Auth-Method", method)?;
+        for (name, value) in [
+            ("X-Auth-Issuer", &r.issuer),
+            ("X-Auth-Email", &r.email),
+            ("X-Auth-Roles", &r.roles),
+            ("X-Auth-Scopes", &r.scopes),
+        ] {
+            if let Some(v) = value {
+                out.put(name, v.clone())?;
+            }
+        }
+        if let Some((rt, route)) = ctx.rt.as_ref().zip(ctx.matched()) {
+            if route.assertion {
+                if let Some(a) = &rt.assertion {
+                    let jwt = a
+                        .sign(id, &route.name, auth::jwt::now_unix())
+                        .and_then(|jwt| HeaderValue::from_str(&jwt).ok())
+                        .ok_or_else(|| {
+                            Error::explain(
+                                ErrorType::InternalError,
+                                "cannot sign the identity assertion",
+                            )
+                        })?;
+                    out.put("X-Auth-Assertion", jwt)?;
+                }
+            }
+            for (name, claim) in &route.headers {
+                if let Some(v) = id.claim_value(claim) {
+                    let v = HeaderValue::from_str(&header_safe(&v))
+                        .or_err(ErrorType::InternalError, "claim header value")?;
+                    out.put_named(name, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The status for an error that ended a request before an answer, as
+    /// pingora-proxy decides it: 502 for the upstream's, none (0) when the
+    /// client went away, 400 for other client faults, 500 for ours.
+    pub fn error_status(e: &Error) -> u16 {
+        match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        }
+    }
+
+    /// The upstream-error denial (502, with the usual JSON body).
+    pub fn upstream_error(&self, ctx: &mut Ctx) -> Answer {
+        ctx.reason = Reason::UpstreamError;
+        Answer::deny(Reason::UpstreamError, Vec::new(), true)
+    }
+
+    /// The end of every request: refunds charges for a failure that never
+    /// came, counts it, and writes the request log line.
+    pub async fn finish(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        e: Option<&Error>,
         ctx: &mut Ctx,
-        reason: Reason,
-        extra: &[(&'static str, String)],
-    ) -> Result<bool> {
-        ctx.reason = reason;
-        let r = reason.response();
-        let mut resp = ResponseHeader::build(r.status, Some(4))?;
-        resp.insert_header("Content-Type", "application/json")?;
-        resp.insert_header("Content-Length", r.body.len().to_string())?;
-        resp.insert_header("Cache-Control", "no-store")?;
-        if let Some(c) = r.challenge {
-            resp.insert_header("WWW-Authenticate", c)?;
+    ) {
+        // Charged for a failure that never came (no upstream answer).
+        let charged = std::mem::take(&mut ctx.failure_cells);
+        if !charged.is_empty() {
+            self.refund(&charged).await;
         }
-        for (name, value) in extra {
-            resp.insert_header(*name, value.as_str())?;
+        if ctx.reason == Reason::Ok && e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) {
+            ctx.reason = Reason::UpstreamError;
         }
-        if has_body(session.req_header()) {
+        let matched = ctx.matched();
+        let route = matched.map_or(ctx.builtin.unwrap_or("unmatched"), |r| r.name.as_str());
+        let m = &self.state.metrics;
+        match matched.map(|r| r.metrics(m)) {
+            Some(rm) => {
+                if ctx.reason == Reason::Ok {
+                    rm.allowed.inc();
+                } else {
+                    m.requests
+                        .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
+                        .inc();
+                }
+                if let Some(t) = ctx.upstream_start {
+                    rm.upstream.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            None => m
+                .requests
+                .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
+                .inc(),
+        }
+        let client_ip = ctx.client_ip.map(identity::IpText::new);
+        tracing::info!(
+            route,
+            method,
+            auth = ctx.auth_label,
+            path,
+            status,
+            outcome = ctx.reason.outcome(),
+            reason = ctx.reason.as_str(),
+            subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
+            client_ip = client_ip.as_ref().map(identity::IpText::as_str),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+
+    /// Writes an [`Answer`] on the general path.
+    async fn send(&self, session: &mut Session, answer: Answer) -> Result<bool> {
+        let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len()))?;
+        for (name, value) in answer.headers {
+            match value {
+                Cow::Borrowed(v) => resp.insert_header(name, v)?,
+                Cow::Owned(v) => resp.insert_header(name, v)?,
+            }
+        }
+        if answer.close {
             session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from_static(r.body.as_bytes())), true)
-            .await?;
+        let end = answer.body.is_empty() || session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
+            session.write_response_body(Some(answer.body), true).await?;
+        }
         Ok(true)
     }
 }
 
 /// A browser navigation: GET or HEAD whose `Accept` mentions `text/html`.
-fn is_browser(req: &RequestHeader) -> bool {
+fn is_browser(req: &Parts) -> bool {
     (req.method == http::Method::GET || req.method == http::Method::HEAD)
         && req
             .headers
@@ -348,10 +761,9 @@ const IDLE_KEEPALIVE_SECS: u64 = 60;
 /// Longest wait for each read of a body-keyed route's body.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
 }
@@ -385,22 +797,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            rt: None,
-            route: None,
-            identity: None,
-            reason: Reason::Ok,
-            auth_label: "none",
-            peer: None,
-            client_ip: None,
-            scheme: "http",
-            upstream_start: None,
-            tries: 0,
-            builtin: None,
-            rate_decision: None,
-            failure_cells: Vec::new(),
-        }
+        Ctx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -408,106 +805,42 @@ impl ProxyHttp for Gateway {
         // (pingora#447): bound them.
         session.set_keepalive(Some(IDLE_KEEPALIVE_SECS));
         let rt = self.state.runtime();
-        ctx.rt = Some(rt.clone());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.peer = peer;
         strip_reserved(session.req_header_mut(), &rt);
-        let req = session.req_header();
-        if let Some(p) = peer {
-            let xff = req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            ctx.client_ip = Some(identity::client_ip(p, xff, &rt.server.trusted_proxies));
-        }
-        ctx.scheme = if rt.server.tls.is_some() {
-            "https"
-        } else {
-            let trusted =
-                peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
-            match req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
-                Some(v) if trusted && v.eq_ignore_ascii_case(b"https") => "https",
-                _ => "http",
-            }
-        };
-
-        if let Some(a) = &rt.assertion {
-            if req.uri.path() == a.jwks_path
-                && (req.method == http::Method::GET || req.method == http::Method::HEAD)
-            {
-                return self.serve_jwks(session, ctx, a.jwks.clone()).await;
-            }
-        }
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400
-        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-            return self.deny(session, ctx, Reason::BadRequest).await;
-        }
-        let path = match router::normalize(req.uri.path()) {
-            Ok(p) => p,
-            Err(_) => return self.deny(session, ctx, Reason::BadRequest).await,
-        };
-        let host_header = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        let host = router::host_of(host_header);
-        let Some(route_idx) = rt.router.resolve(host, req.method.as_str(), &path) else {
-            return self.deny(session, ctx, Reason::NoRoute).await;
-        };
-        ctx.route = Some(route_idx);
-        let Some(route) = rt.routes.get(route_idx) else {
-            return self.deny(session, ctx, Reason::NoRoute).await;
-        };
-        ctx.auth_label = route.auth.label();
-        if !route.limits.is_empty() && self.rate_limit(session, ctx, route).await? {
-            return Ok(true);
-        }
-        let req = session.req_header();
-        if route.auth == AuthMode::None {
-            route
-                .metrics(&self.state.metrics)
-                .auth_for("none")
-                .observe(ctx.start.elapsed().as_secs_f64());
-            return Ok(false);
-        }
-        if route.auth == AuthMode::JwtOrSession && auth::bearer(&req.headers).is_err() {
-            ctx.auth_label = "session";
-        }
-        let mut result = auth::authenticate(&self.state, &rt, route, &req.headers).await;
-        if let Ok(id) = &result {
-            // Known from here on, for the log line, even if refused below.
-            ctx.auth_label = id.method.as_str();
-            ctx.identity = Some(id.clone());
-            // Cookies ride along on cross-site requests; bearer tokens don't.
-            if id.method == AuthMethod::Session
-                && session::is_unsafe(&req.method)
-                && !session::csrf_ok(&req.headers, ctx.scheme, allowed_origins(&rt))
-            {
-                result = Err(Reason::Csrf);
+        let mut verdict = self.begin(session.req_header(), peer, rt, ctx);
+        let needs_body = ctx
+            .matched()
+            .map(|r| (!r.limits.is_empty(), r.limits_need_body));
+        if verdict.is_ok() {
+            if let Some((true, need_body)) = needs_body {
+                let body = if need_body {
+                    match read_body(session).await {
+                        Ok(b) => Some(b),
+                        Err(reason) => {
+                            ctx.reason = reason;
+                            let close = has_body(&session.req_header().headers);
+                            return self
+                                .send(session, Answer::deny(reason, Vec::new(), close))
+                                .await;
+                        }
+                    }
+                } else {
+                    None
+                };
+                verdict = self
+                    .check_limits(session.req_header(), body.as_ref(), ctx)
+                    .await;
             }
         }
-        let result = result.and_then(|id| auth::authorize(&route.require, &id));
-        route
-            .metrics(&self.state.metrics)
-            .auth_for(ctx.auth_label)
-            .observe(ctx.start.elapsed().as_secs_f64());
-        match result {
+        if verdict.is_ok() {
+            verdict = self.authenticate(session.req_header(), ctx).await;
+        }
+        match verdict {
             Ok(()) => Ok(false),
-            Err(reason) => {
-                if reason.response().status == 401
-                    && route.login_redirect.is_some()
-                    && is_browser(req)
-                {
-                    let location =
-                        login_location(route.login_redirect.as_deref().unwrap_or("/"), &req.uri);
-                    return self.redirect(session, ctx, reason, location).await;
-                }
-                self.deny(session, ctx, reason).await
-            }
+            Err(answer) => self.send(session, answer).await,
         }
     }
 
@@ -517,23 +850,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let charged = std::mem::take(&mut ctx.failure_cells);
-        let refund = !charged.is_empty() && !matches!(upstream_response.status.as_u16(), 401 | 403);
-        if refund {
-            self.refund(&charged).await;
-        }
-        let decision = ctx.rate_decision.take();
-        if let (Some(mut d), Some(route)) = (decision, ctx.matched()) {
-            if refund {
-                // The headers tell the budget after this answer.
-                for (backlog, l) in d.backlog_us.iter_mut().zip(&route.limits) {
-                    if l.count == Count::Failures {
-                        *backlog = backlog.saturating_sub(l.emission_us());
-                    }
-                }
-            }
-            let limits: Vec<&Limit> = route.limits.iter().collect();
-            let (policy, state) = ratelimit::headers(&limits, &d);
+        let status = upstream_response.status.as_u16();
+        if let Some((policy, state)) = self.upstream_answered(status, ctx).await {
             upstream_response.insert_header("RateLimit-Policy", policy)?;
             upstream_response.insert_header("RateLimit", state)?;
         }
@@ -541,33 +859,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let up = ctx
-            .matched_upstream()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
-        let addr = up
-            .pick(ctx.tries)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
-        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        if up.tls {
-            peer.options.verify_cert = true;
-            peer.options.verify_hostname = true;
-            peer.options.ca = up.ca.clone();
-            // pingora's connection pool key ignores the CA: keep pooled TLS
-            // connections apart per upstream and per config, so a
-            // connection verified under one trust store never serves
-            // another (or a reloaded one).
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            up.name.hash(&mut h);
-            ctx.rt.as_ref().map(|rt| rt.generation).hash(&mut h);
-            peer.group_key = h.finish();
-        }
-        if ctx.upstream_start.is_none() {
-            ctx.upstream_start = Some(Instant::now());
-        }
-        Ok(Box::new(peer))
+        self.peer(ctx)
     }
 
     fn fail_to_connect(
@@ -577,9 +869,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.tries += 1;
-        let addrs = ctx.matched_upstream().map_or(0, |u| u.addrs.len());
-        if ctx.tries < addrs {
+        if self.connect_failed(ctx) {
             e.set_retry(true);
         }
         e
@@ -591,89 +881,19 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(peer) = ctx.peer {
-            let trusted = ctx
-                .rt
-                .as_ref()
-                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)));
-            let existing = upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| !s.trim().is_empty());
-            let peer = identity::IpText::new(peer);
-            match (trusted, existing) {
-                (true, Some(prev)) => upstream_request
-                    .insert_header("X-Forwarded-For", format!("{prev}, {}", peer.as_str()))?,
-                _ => upstream_request.insert_header("X-Forwarded-For", peer.as_str())?,
-            }
-        }
-        // static values: no copy per request (each is checked at compile time)
-        const HTTP: HeaderValue = HeaderValue::from_static("http");
-        const HTTPS: HeaderValue = HeaderValue::from_static("https");
-        const JWT: HeaderValue = HeaderValue::from_static("jwt");
-        const SESSION: HeaderValue = HeaderValue::from_static("session");
-        let proto = if ctx.scheme == "https" { HTTPS } else { HTTP };
-        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
-        let Some(id) = &ctx.identity else {
-            return Ok(());
-        };
-        let r = id.rendered();
-        if let Some(v) = &r.subject {
-            upstream_request.insert_header("X-Auth-Subject", v.clone())?;
-        }
-        let method = match id.method {
-            AuthMethod::Jwt => JWT,
-            AuthMethod::Session => SESSION,
-        };
-        upstream_request.insert_header("X-Auth-Method", method)?;
-        for (name, value) in [
-            ("X-Auth-Issuer", &r.issuer),
-            ("X-Auth-Email", &r.email),
-            ("X-Auth-Roles", &r.roles),
-            ("X-Auth-Scopes", &r.scopes),
-        ] {
-            if let Some(v) = value {
-                upstream_request.insert_header(name, v.clone())?;
-            }
-        }
-        if let Some((rt, route)) = ctx.rt.as_ref().zip(ctx.matched()) {
-            if route.assertion {
-                if let Some(a) = &rt.assertion {
-                    match a.sign(id, &route.name, auth::jwt::now_unix()) {
-                        Some(jwt) => upstream_request.insert_header("X-Auth-Assertion", jwt)?,
-                        None => {
-                            return Err(Error::explain(
-                                ErrorType::InternalError,
-                                "cannot sign the identity assertion",
-                            ))
-                        }
-                    }
-                }
-            }
-            for (name, claim) in &route.headers {
-                if let Some(v) = id.claim_value(claim) {
-                    upstream_request.insert_header(name.clone(), header_safe(&v).into_owned())?;
-                }
-            }
-        }
-        Ok(())
+        let xff = upstream_request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.forward_headers(ctx, xff.as_deref(), upstream_request)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = Self::error_status(e);
         if code == 502 {
-            let _ = self.deny(session, ctx, Reason::UpstreamError).await;
+            let answer = self.upstream_error(ctx);
+            let _ = self.send(session, answer).await;
         } else if code > 0 {
             let _ = session.respond_error(code).await;
         }
@@ -690,50 +910,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // Charged for a failure that never came (no upstream answer).
-        let charged = std::mem::take(&mut ctx.failure_cells);
-        if !charged.is_empty() {
-            self.refund(&charged).await;
-        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if ctx.reason == Reason::Ok && e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) {
-            ctx.reason = Reason::UpstreamError;
-        }
-        let matched = ctx.matched();
-        let route = matched.map_or(ctx.builtin.unwrap_or("unmatched"), |r| r.name.as_str());
-        let m = &self.state.metrics;
-        match matched.map(|r| r.metrics(m)) {
-            Some(rm) => {
-                if ctx.reason == Reason::Ok {
-                    rm.allowed.inc();
-                } else {
-                    m.requests
-                        .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
-                        .inc();
-                }
-                if let Some(t) = ctx.upstream_start {
-                    rm.upstream.observe(t.elapsed().as_secs_f64());
-                }
-            }
-            None => m
-                .requests
-                .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
-                .inc(),
-        }
         let req = session.req_header();
-        let client_ip = ctx.client_ip.map(identity::IpText::new);
-        tracing::info!(
-            route,
-            method = req.method.as_str(),
-            auth = ctx.auth_label,
-            path = req.uri.path(),
-            status,
-            outcome = ctx.reason.outcome(),
-            reason = ctx.reason.as_str(),
-            subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
-            client_ip = client_ip.as_ref().map(identity::IpText::as_str),
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+        self.finish(req.method.as_str(), req.uri.path(), status, e, ctx)
+            .await;
     }
 }

@@ -209,6 +209,8 @@ where
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
+        // the direct path's buffers, kept for the connection's life
+        let mut bufs: Option<Box<direct::Buffers>> = None;
         loop {
             let head = match read_head(&mut stream, self.limits, shutdown).await {
                 Head::Read(head) => head,
@@ -224,19 +226,27 @@ where
                     return None;
                 }
             };
-            let reused = if direct::eligible(&head) {
-                self.state.metrics.path_direct.inc();
-                let mut session = direct::session_for(stream);
-                self.prepare(&mut session.downstream_session, settings.take(), shutdown);
-                session.downstream_session.set_pipelined_prefix(head);
-                self.direct.serve(session).await?
-            } else {
-                self.state.metrics.path_general.inc();
-                let mut session = ServerSession::new_http1(stream);
-                self.prepare(&mut session, settings.take(), shutdown);
-                session.set_pipelined_prefix(head);
-                self.inner.process_new_http(session, shutdown).await?
+            let rt = self.state.runtime();
+            let head = match direct::parse(head, &rt.mapped_headers) {
+                Ok(request) => {
+                    self.state.metrics.path_direct.inc();
+                    let closing = *shutdown.borrow();
+                    let bufs = bufs.get_or_insert_with(Box::default);
+                    stream = self
+                        .direct
+                        .serve(stream, request, rt, bufs, closing)
+                        .await?;
+                    settings = None;
+                    continue;
+                }
+                Err(head) => head,
             };
+            drop(rt);
+            self.state.metrics.path_general.inc();
+            let mut session = ServerSession::new_http1(stream);
+            self.prepare(&mut session, settings.take(), shutdown);
+            session.set_pipelined_prefix(head);
+            let reused = self.inner.process_new_http(session, shutdown).await?;
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;

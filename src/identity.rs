@@ -226,17 +226,24 @@ pub fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
 /// True for a header the gateway owns and a client must never set: any
 /// `X-Auth-*`, or one named in some route's `headers` map.
 pub fn is_reserved(name: &HeaderName, mapped: &[HeaderName]) -> bool {
-    let n = name.as_str();
-    if n.starts_with("x-auth-") || mapped.contains(name) {
-        return true;
+    is_reserved_name(name.as_str(), mapped)
+}
+
+/// [`is_reserved`] for a name as the client spelled it (any case), with
+/// no allocation: the direct path checks each client header with it.
+/// Many frameworks (CGI, PHP, nginx with underscores_in_headers) read
+/// `X_Auth_Subject` as `X-Auth-Subject`, so `_` counts as `-` here.
+pub fn is_reserved_name(name: &str, mapped: &[HeaderName]) -> bool {
+    // `m` is a lowercase header name; `n` matches it with `_` for `-`
+    fn same(m: &[u8], n: &[u8]) -> bool {
+        m.len() == n.len()
+            && m.iter()
+                .zip(n)
+                .all(|(&m, &n)| m == n.to_ascii_lowercase() || (m == b'-' && n == b'_'))
     }
-    // Many frameworks (CGI, PHP, nginx with underscores_in_headers) read
-    // `X_Auth_Subject` as `X-Auth-Subject`: strip those spellings too.
-    if n.contains('_') {
-        let dashed = n.replace('_', "-");
-        return dashed.starts_with("x-auth-") || mapped.iter().any(|m| m.as_str() == dashed);
-    }
-    false
+    let n = name.as_bytes();
+    n.get(..7).is_some_and(|p| same(b"x-auth-", p))
+        || mapped.iter().any(|m| same(m.as_str().as_bytes(), n))
 }
 
 /// An IP address as text in a stack buffer: IPv4 (nearly every peer) is
