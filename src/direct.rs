@@ -260,7 +260,10 @@ impl IdlePool {
     }
 }
 
-/// Buffers one client connection reuses for every direct request on it.
+/// The buffers of one direct request, taken from a small per-thread
+/// free list and given back after it ([`Buffers::take`],
+/// [`Buffers::give_back`]): no allocation per request in the steady
+/// state, and none held by idle keep-alive connections.
 #[derive(Default)]
 pub struct Buffers {
     /// The request head sent upstream.
@@ -269,6 +272,45 @@ pub struct Buffers {
     resp: BytesMut,
     /// What goes to the client next.
     out: Vec<u8>,
+}
+
+/// Most buffer sets a thread keeps for reuse.
+const FREE_BUFFERS: usize = 32;
+/// A buffer grown past this (a long head or a large response) is freed
+/// rather than kept.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    /// A set of buffers: a free one of this thread's, or new.
+    pub fn take() -> Buffers {
+        FREE.with(|f| f.try_borrow_mut().ok().and_then(|mut f| f.pop()))
+            .unwrap_or_default()
+    }
+
+    /// Returns `b` to this thread's free list (cleared), unless the list
+    /// is full or `b` grew large.
+    pub fn give_back(mut b: Buffers) {
+        if b.req.capacity() > KEEP_CAPACITY
+            || b.resp.capacity() > KEEP_CAPACITY
+            || b.out.capacity() > KEEP_CAPACITY
+        {
+            return;
+        }
+        b.req.clear();
+        b.resp.clear();
+        b.out.clear();
+        FREE.with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                if f.len() < FREE_BUFFERS {
+                    f.push(b);
+                }
+            }
+        });
+    }
 }
 
 /// The direct path's parts: the gateway's phases and a connector (TCP,
@@ -330,6 +372,19 @@ impl Direct {
     /// connection when it can carry the next request. `closing`: the
     /// server is shutting down, so this is the connection's last answer.
     pub async fn serve(
+        &self,
+        client: Stream,
+        req: Parsed,
+        rt: Arc<Runtime>,
+        closing: bool,
+    ) -> Option<Stream> {
+        let mut bufs = Buffers::take();
+        let kept = self.serve_with(client, req, rt, &mut bufs, closing).await;
+        Buffers::give_back(bufs);
+        kept
+    }
+
+    async fn serve_with(
         &self,
         mut client: Stream,
         req: Parsed,

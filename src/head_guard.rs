@@ -209,8 +209,6 @@ where
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
-        // the direct path's buffers, kept for the connection's life
-        let mut bufs: Option<Box<direct::Buffers>> = None;
         loop {
             let head = match read_head(&mut stream, self.limits, shutdown).await {
                 Head::Read(head) => head,
@@ -231,11 +229,7 @@ where
                 Ok(request) => {
                     self.state.metrics.path_direct.inc();
                     let closing = *shutdown.borrow();
-                    let bufs = bufs.get_or_insert_with(Box::default);
-                    stream = self
-                        .direct
-                        .serve(stream, request, rt, bufs, closing)
-                        .await?;
+                    stream = self.direct.serve(stream, request, rt, closing).await?;
                     settings = None;
                     continue;
                 }

@@ -245,3 +245,88 @@ fn requests_the_direct_path_leaves_alone_arrive_as_before() {
     assert_eq!(last.header("connection"), None);
     assert_eq!(paths(&gw), (1.0, 2.0));
 }
+
+fn odd_answers(path: &str) -> Option<Vec<u8>> {
+    let raw: &[u8] = match path {
+        "/trailer" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n",
+        "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "/old" => b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!",
+        "/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        _ => b"NOT HTTP AT ALL\r\n\r\n",
+    };
+    Some(raw.to_vec())
+}
+
+/// Reads from `s` until what was read ends with `end`.
+fn read_through(s: &mut TcpStream, end: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end.as_bytes()) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn bodies_are_relayed_as_framed_and_hop_by_hop_fields_stay_behind() {
+    let up = Scripted::start(false, odd_answers);
+    let gw = Gateway::start(&config(&up.addr), &[]);
+    let host = gw.proxy_addr.clone();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // chunked with a trailer, relayed whole; the connection carries on
+    write!(s, "GET /trailer HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let first = read_through(&mut s, "0\r\nX-Sum: 1\r\n\r\n");
+    let (head, body) = first.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\nx-kept: yes"), "{head}");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("keep-alive: timeout"), "{head}");
+    assert!(!head.contains("proxy-connection"), "{head}");
+    assert_eq!(head.matches("\r\nconnection:").count(), 1, "{head}");
+    assert!(head.contains("\r\nconnection: keep-alive"), "{head}");
+    // chunked and a length: the chunks frame it, the length is dropped
+    write!(s, "GET /both HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let second = read_through(&mut s, "2\r\nok\r\n0\r\n\r\n");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        !second.to_ascii_lowercase().contains("content-length"),
+        "{second}"
+    );
+    // an HTTP/1.0 answer: relayed as HTTP/1.1, its connection not reused
+    write!(
+        s,
+        "GET /old HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut third = String::new();
+    s.read_to_string(&mut third).unwrap();
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(third.ends_with("\r\n\r\nold!"), "{third}");
+    assert!(
+        third.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{third}"
+    );
+    // lengths that disagree, and a head that is no HTTP: 502, not relayed
+    assert_error(
+        &gw.get("/two-lengths", &[]),
+        502,
+        "bad_gateway",
+        "upstream_error",
+    );
+    assert_error(
+        &gw.get("/garbage", &[]),
+        502,
+        "bad_gateway",
+        "upstream_error",
+    );
+    // /trailer, /both and /old shared one upstream connection; the 1.0
+    // answer ended it, and each 502 ended its own
+    assert_eq!(up.requests(), 5);
+    assert_eq!(up.conns(), 3);
+    assert_eq!(paths(&gw), (5.0, 0.0));
+}
