@@ -673,6 +673,8 @@ struct ResponseHead {
     framing: Framing,
     /// The upstream keeps the connection open after this response.
     upstream_keep: bool,
+    /// It has a `Date`.
+    dated: bool,
 }
 
 impl Relay<'_> {
@@ -726,12 +728,7 @@ impl Relay<'_> {
                     return Exchange::Failed { error, sent: None };
                 }
                 // 103 Early Hints and the like: relayed, then the real answer
-                self.bufs.out.clear();
-                if let Err(error) =
-                    response_head(&self.bufs.resp[..head.len], &mut self.bufs.out, None)
-                {
-                    return Exchange::Failed { error, sent: None };
-                }
+                end_head(&mut self.bufs.out, None, true);
                 if let Err(e) = write_out(self.client, &self.bufs.out).await {
                     return Exchange::Failed {
                         error: e.into_down(),
@@ -747,13 +744,8 @@ impl Relay<'_> {
         let limits = gw.upstream_answered(status, ctx).await;
         let close_delimited = matches!(head.framing, Framing::Close);
         let keep = self.keep_client && !close_delimited;
-        self.bufs.out.clear();
         let tail = ResponseTail { limits, keep };
-        if let Err(error) =
-            response_head(&self.bufs.resp[..head.len], &mut self.bufs.out, Some(&tail))
-        {
-            return Exchange::Failed { error, sent: None };
-        }
+        end_head(&mut self.bufs.out, Some(&tail), head.dated);
         self.bufs.resp.advance(head.len);
         match self.relay_body(head.framing).await {
             Ok(clean) => {
@@ -785,9 +777,15 @@ impl Relay<'_> {
         }
     }
 
-    /// The response head at the start of the buffer, if it is all there.
-    fn parse_head(&self) -> Result<Option<ResponseHead>> {
-        let buf = &self.bufs.resp[..];
+    /// The response head at the start of the buffer, if it is all there;
+    /// its rewrite for the client in `out`, up to the gateway's fields
+    /// ([`end_head`]): HTTP/1.1, its status and reason, its fields but the
+    /// hop-by-hop ones (`Connection`, `Keep-Alive`, `Proxy-Connection`)
+    /// and, when a `Transfer-Encoding` frames the body, `Content-Length`.
+    fn parse_head(&mut self) -> Result<Option<ResponseHead>> {
+        let head_only = self.head_only;
+        let Buffers { resp: buf, out, .. } = &mut *self.bufs;
+        let buf = &buf[..];
         let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let mut config = httparse::ParserConfig::default();
@@ -847,28 +845,44 @@ impl Relay<'_> {
                 keep_alive |= has_token(h.value, b"keep-alive");
             }
         }
-        let framing =
-            if self.head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-                Framing::None
-            } else if encoded && chunked {
-                Framing::Chunked(Chunked::default())
-            } else if encoded {
-                Framing::Close
-            } else {
-                match length {
-                    Some(0) => Framing::None,
-                    Some(n) => Framing::Length(n),
-                    None => Framing::Close,
-                }
-            };
+        let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status)
+        {
+            Framing::None
+        } else if encoded && chunked {
+            Framing::Chunked(Chunked::default())
+        } else if encoded {
+            Framing::Close
+        } else {
+            match length {
+                Some(0) => Framing::None,
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        };
         // RFC 9112 §9.3: 1.1 persists unless closed; 1.0 only when asked,
         // and never after a Transfer-Encoding (§6.1)
         let upstream_keep = !close && (if http11 { true } else { keep_alive && !encoded });
+        out.clear();
+        status_line(out, status, resp.reason.map(str::as_bytes));
+        let mut dated = false;
+        for h in resp.headers.iter() {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("connection")
+                || n.eq_ignore_ascii_case("keep-alive")
+                || n.eq_ignore_ascii_case("proxy-connection")
+                || (encoded && n.eq_ignore_ascii_case("content-length"))
+            {
+                continue;
+            }
+            dated |= n.eq_ignore_ascii_case("date");
+            line(out, n.as_bytes(), h.value);
+        }
         Ok(Some(ResponseHead {
             status,
             len,
             framing,
             upstream_keep,
+            dated,
         }))
     }
 
@@ -960,42 +974,10 @@ struct ResponseTail {
     keep: bool,
 }
 
-/// Rewrites the upstream's response head `raw` for the client: HTTP/1.1,
-/// its status and reason, its fields but the hop-by-hop ones (`Connection`,
-/// `Keep-Alive`, `Proxy-Connection`) and, when a `Transfer-Encoding`
-/// frames the body, `Content-Length`; then (final responses) the rate-limit
-/// headers, `Date` when the upstream sent none, and `Connection`.
-fn response_head(raw: &[u8], out: &mut Vec<u8>, tail: Option<&ResponseTail>) -> Result<()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let mut config = httparse::ParserConfig::default();
-    config.allow_spaces_after_header_name_in_responses(true);
-    if !matches!(
-        config.parse_response(&mut resp, raw),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        return Err(
-            Error::explain(ErrorType::InvalidHTTPHeader, "upstream response head").into_up(),
-        );
-    }
-    status_line(out, resp.code.unwrap_or(0), resp.reason.map(str::as_bytes));
-    let encoded = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    let mut dated = false;
-    for h in resp.headers.iter() {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("connection")
-            || n.eq_ignore_ascii_case("keep-alive")
-            || n.eq_ignore_ascii_case("proxy-connection")
-            || (encoded && n.eq_ignore_ascii_case("content-length"))
-        {
-            continue;
-        }
-        dated |= n.eq_ignore_ascii_case("date");
-        line(out, n.as_bytes(), h.value);
-    }
+/// Ends a response head [`Relay::parse_head`] began: for a final
+/// response the rate-limit headers, `Date` when the upstream sent none,
+/// and `Connection`; then the blank line.
+fn end_head(out: &mut Vec<u8>, tail: Option<&ResponseTail>, dated: bool) {
     if let Some(tail) = tail {
         if let Some((policy, state)) = &tail.limits {
             line(out, b"RateLimit-Policy", policy.as_bytes());
@@ -1015,7 +997,6 @@ fn response_head(raw: &[u8], out: &mut Vec<u8>, tail: Option<&ResponseTail>) -> 
         });
     }
     out.extend_from_slice(b"\r\n");
-    Ok(())
 }
 
 /// Where a chunked body (RFC 9112 §7.1) is, read byte for byte as it
