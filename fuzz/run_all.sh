@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-600}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(jws cookie_session config router ratelimit_body)
+[ ${#targets[@]} -eq 0 ] && targets=(jws cookie_session config router ratelimit_body direct_framing)
 work="${WORK:-/tmp/authgate-fuzz}"
 mkdir -p "$work/logs"
 export RUSTC_BOOTSTRAP=1

@@ -999,6 +999,25 @@ fn end_head(out: &mut Vec<u8>, tail: Option<&ResponseTail>, dated: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a chunked body at the start of `buf` ends (`Ok(None)`: not in
+/// `buf`), as the relay finds it; for the fuzzer, which feeds it in
+/// pieces too.
+pub fn chunked_end(buf: &[u8], piece: usize) -> std::result::Result<Option<usize>, &'static str> {
+    let mut c = Chunked::default();
+    let mut at = 0;
+    for part in buf.chunks(piece.max(1)) {
+        let used = c.advance(part)?;
+        if used > part.len() {
+            return Err("advanced past its input");
+        }
+        at += used;
+        if c.done() {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
 /// Where a chunked body (RFC 9112 §7.1) is, read byte for byte as it
 /// passes through unchanged: only its end matters here.
 #[derive(Clone, Copy, Default)]
