@@ -171,10 +171,14 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
         (method, target, is_head)
     };
     let buf = head.freeze();
-    let Ok(pq) =
-        http::uri::PathAndQuery::from_maybe_shared(buf.slice(target.0 as usize..target.1 as usize))
-    else {
-        return Err(BytesMut::from(buf));
+    // The target goes upstream as sent, so the route must be chosen on
+    // all of it: one `http` would cut short (a `#fragment`) goes to the
+    // general path.
+    let pq = match http::uri::PathAndQuery::from_maybe_shared(
+        buf.slice(target.0 as usize..target.1 as usize),
+    ) {
+        Ok(pq) if pq.as_str().len() == (target.1 - target.0) as usize => pq,
+        _ => return Err(BytesMut::from(buf)),
     };
     let mut headers = http::HeaderMap::with_capacity(n_kept);
     for &(ns, ne, vs, ve) in kept.iter().take(n_kept) {
@@ -1156,6 +1160,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
             b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            // a fragment the router would not see but the upstream would
+            b"GET /open#/../admin HTTP/1.1\r\nHost: x\r\n\r\n",
             // HTTP/1.0 (keep-alive rules of its own): the general path
             b"GET /a HTTP/1.0\r\n\r\n",
             // a pipelined second request stays with the general path

@@ -244,6 +244,12 @@ fn requests_the_direct_path_leaves_alone_arrive_as_before() {
     assert_eq!(last.header("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(last.header("connection"), None);
     assert_eq!(paths(&gw), (1.0, 2.0));
+    // a fragment in the target: the general path, where the route and the
+    // upstream both see the target without it
+    let r = gw.get("/frag#/../admin", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().path, "/frag");
+    assert_eq!(paths(&gw), (1.0, 3.0));
 }
 
 fn odd_answers(path: &str) -> Option<Vec<u8>> {
