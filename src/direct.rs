@@ -365,10 +365,31 @@ enum Exchange {
 #[derive(Clone, Copy)]
 enum Framing {
     None,
+    /// This many bytes (left).
     Length(u64),
     Chunked(Chunked),
     /// Until the upstream closes.
     Close,
+}
+
+impl Framing {
+    /// How many of `buf`'s bytes (what arrived next) belong to the body,
+    /// and whether the body ends with them.
+    fn take(&mut self, buf: &[u8]) -> std::result::Result<(usize, bool), &'static str> {
+        match self {
+            Framing::None => Ok((0, true)),
+            Framing::Length(left) => {
+                let n = (buf.len() as u64).min(*left);
+                *left -= n;
+                Ok((n as usize, *left == 0))
+            }
+            Framing::Chunked(c) => {
+                let used = c.advance(buf)?;
+                Ok((used, c.done()))
+            }
+            Framing::Close => Ok((buf.len(), false)),
+        }
+    }
 }
 
 impl Direct {
@@ -893,70 +914,32 @@ impl Relay<'_> {
     /// Sends the head in `out` and the body after it. `Ok(true)`: the
     /// body ended exactly where the framing said (the connection is fit
     /// for another exchange).
-    async fn relay_body(&mut self, framing: Framing) -> Result<bool> {
-        let mut clean = true;
-        match framing {
-            Framing::None => {
-                clean = self.bufs.resp.is_empty();
+    async fn relay_body(&mut self, mut framing: Framing) -> Result<bool> {
+        loop {
+            let (used, done) = framing
+                .take(&self.bufs.resp)
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e).into_up())?;
+            self.bufs.out.extend_from_slice(&self.bufs.resp[..used]);
+            self.bufs.resp.advance(used);
+            if done {
+                // anything after the end: the connection is not fit to reuse
+                let clean = self.bufs.resp.is_empty();
                 self.flush_out().await?;
+                return Ok(clean);
             }
-            Framing::Length(mut left) => {
-                loop {
-                    let have = self.bufs.resp.len() as u64;
-                    let take = have.min(left) as usize;
-                    self.bufs.out.extend_from_slice(&self.bufs.resp[..take]);
-                    self.bufs.resp.advance(take);
-                    left -= take as u64;
-                    if left == 0 {
-                        clean = self.bufs.resp.is_empty();
-                        break;
-                    }
-                    self.flush_out().await?;
-                    self.bufs.resp.clear();
-                    if self.read_upstream().await? == 0 {
-                        return Err(Error::explain(
-                            ErrorType::ConnectionClosed,
-                            "upstream closed mid-body",
-                        )
-                        .into_up());
-                    }
-                }
-                self.flush_out().await?;
+            // not done: all of the buffer was body
+            self.flush_out().await?;
+            if self.read_upstream().await? == 0 {
+                return match framing {
+                    Framing::Close => Ok(false),
+                    _ => Err(Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "upstream closed mid-body",
+                    )
+                    .into_up()),
+                };
             }
-            Framing::Chunked(mut state) => {
-                loop {
-                    let used = state
-                        .advance(&self.bufs.resp)
-                        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e).into_up())?;
-                    self.bufs.out.extend_from_slice(&self.bufs.resp[..used]);
-                    self.bufs.resp.advance(used);
-                    if state.done() {
-                        clean = self.bufs.resp.is_empty();
-                        break;
-                    }
-                    self.flush_out().await?;
-                    self.bufs.resp.clear();
-                    if self.read_upstream().await? == 0 {
-                        return Err(Error::explain(
-                            ErrorType::ConnectionClosed,
-                            "upstream closed mid-body",
-                        )
-                        .into_up());
-                    }
-                }
-                self.flush_out().await?;
-            }
-            Framing::Close => loop {
-                let have = self.bufs.resp.len();
-                self.bufs.out.extend_from_slice(&self.bufs.resp[..have]);
-                self.bufs.resp.clear();
-                self.flush_out().await?;
-                if self.read_upstream().await? == 0 {
-                    break;
-                }
-            },
         }
-        Ok(clean)
     }
 
     /// Writes what `out` holds to the client.

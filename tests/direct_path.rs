@@ -253,6 +253,20 @@ fn requests_the_direct_path_leaves_alone_arrive_as_before() {
 }
 
 fn odd_answers(path: &str) -> Option<Vec<u8>> {
+    // bodies many reads long
+    let big = "x".repeat(300_000);
+    match path {
+        "/big" => return Some(ok(&big)),
+        "/big-chunked" => {
+            let mut b = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..3 {
+                b.extend(format!("{:x}\r\n{}\r\n", 100_000, &big[..100_000]).bytes());
+            }
+            b.extend(b"0\r\n\r\n");
+            return Some(b);
+        }
+        _ => {}
+    }
     let raw: &[u8] = match path {
         "/trailer" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n",
         "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
@@ -317,6 +331,13 @@ fn bodies_are_relayed_as_framed_and_hop_by_hop_fields_stay_behind() {
         third.to_ascii_lowercase().contains("\r\nconnection: close"),
         "{third}"
     );
+    // bodies many reads long, by length and chunked
+    for path in ["/big", "/big-chunked"] {
+        let r = gw.get(path, &[]);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body.len(), 300_000, "{path}");
+        assert!(r.body.iter().all(|&b| b == b'x'), "{path}");
+    }
     // lengths that disagree, and a head that is no HTTP: 502, not relayed
     assert_error(
         &gw.get("/two-lengths", &[]),
@@ -330,9 +351,10 @@ fn bodies_are_relayed_as_framed_and_hop_by_hop_fields_stay_behind() {
         "bad_gateway",
         "upstream_error",
     );
-    // /trailer, /both and /old shared one upstream connection; the 1.0
-    // answer ended it, and each 502 ended its own
-    assert_eq!(up.requests(), 5);
+    // /trailer, /both and /old shared one upstream connection (the 1.0
+    // answer ended it); /big, /big-chunked and /two-lengths the second (its
+    // bad answer ended it); /garbage a third
+    assert_eq!(up.requests(), 7);
     assert_eq!(up.conns(), 3);
-    assert_eq!(paths(&gw), (5.0, 0.0));
+    assert_eq!(paths(&gw), (7.0, 0.0));
 }
