@@ -640,7 +640,8 @@ fn answer_bytes(out: &mut Vec<u8>, answer: &Answer, head_only: bool, keep: bool)
         }
         line(out, name.as_bytes(), value.as_bytes());
     }
-    date_and_connection(out, keep);
+    date_line(out);
+    connection_line(out, keep);
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(&answer.body);
@@ -660,12 +661,15 @@ fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&[u8]>) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn date_and_connection(out: &mut Vec<u8>, keep: bool) {
+fn date_line(out: &mut Vec<u8>) {
     line(
         out,
         b"Date",
         pingora::protocols::http::date::get_cached_date().as_bytes(),
     );
+}
+
+fn connection_line(out: &mut Vec<u8>, keep: bool) {
     out.extend_from_slice(if keep {
         b"Connection: keep-alive\r\n"
     } else {
@@ -971,17 +975,9 @@ fn end_head(out: &mut Vec<u8>, tail: Option<&ResponseTail>, dated: bool) {
             line(out, b"RateLimit", state.as_bytes());
         }
         if !dated {
-            line(
-                out,
-                b"Date",
-                pingora::protocols::http::date::get_cached_date().as_bytes(),
-            );
+            date_line(out);
         }
-        out.extend_from_slice(if tail.keep {
-            b"Connection: keep-alive\r\n"
-        } else {
-            b"Connection: close\r\n"
-        });
+        connection_line(out, tail.keep);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -881,12 +881,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let xff = upstream_request
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        self.forward_headers(ctx, xff.as_deref(), upstream_request)
+        // a handle on the client's value (shared bytes), not a copy
+        let xff = upstream_request.headers.get("x-forwarded-for").cloned();
+        let xff = xff.as_ref().and_then(|v| v.to_str().ok());
+        self.forward_headers(ctx, xff, upstream_request)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

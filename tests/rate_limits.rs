@@ -589,6 +589,45 @@ fn failures_only(store: &str) {
     );
 }
 
+/// `count = "failures"` on bodyless GETs, which the direct path serves:
+/// an answered attempt is refunded (and its `RateLimit` says so), a 401
+/// is charged, and the budget spent refuses the next one.
+#[test]
+fn failures_are_counted_on_the_direct_path_too() {
+    fn by_path(req: &RecordedRequest) -> u16 {
+        if req.path.contains("wrong") {
+            401
+        } else {
+            200
+        }
+    }
+    let up = Upstream::start_with_status(by_path);
+    let cfg = config(
+        "",
+        "",
+        &[route(
+            "login",
+            "/login",
+            &[limit("ip", 2, "1h", "failures")],
+        )],
+    );
+    let gw = Gateway::start(&cfg.replace("{upstream}", &up.addr), &[]);
+    for k in 0..5 {
+        let r = gw.get("/login?ok", &[]);
+        assert_status(&r, 200, &format!("success #{k}"));
+        assert_eq!(remaining(&r), 2, "success #{k} consumed the budget");
+    }
+    for k in 0..2 {
+        assert_status(&gw.get("/login?wrong", &[]), 401, &format!("failure #{k}"));
+    }
+    assert_429(&gw.get("/login?ok", &[]));
+    assert_eq!(up.hits(), 7);
+    assert_eq!(
+        counter(&gw, "authgate_proxy_path_total", &[("path", "direct")]),
+        8.0
+    );
+}
+
 #[test]
 fn memory_store_failures_count_only_upstream_401_and_403() {
     failures_only("");
