@@ -328,11 +328,19 @@ pub struct Direct {
 struct LineSink<'a>(&'a mut Vec<u8>);
 
 impl HeaderSink for LineSink<'_> {
-    fn put(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+    fn put(&mut self, name: &'static str, value: &HeaderValue) -> Result<()> {
         line(self.0, name.as_bytes(), value.as_bytes());
         Ok(())
     }
-    fn put_named(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
+    fn put_text(&mut self, name: &'static str, value: &str) -> Result<()> {
+        // what `HeaderValue::from_str` accepts: no control characters but tab
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Error::e_explain(ErrorType::InternalError, "header value");
+        }
+        line(self.0, name.as_bytes(), value.as_bytes());
+        Ok(())
+    }
+    fn put_named(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
         line(self.0, name.as_str().as_bytes(), value.as_bytes());
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! load_tools sessions --count N --secret S --prefix sess: --cookies FILE --resp FILE
 //! load_tools ports N
 //! load_tools rate --addr HOST:PORT --path /p --rate R --secs S [--warmup S] [--conns C]
-//!                 [--tokens FILE] [--kind bearer|cookie]
+//!                 [--tokens FILE] [--kind bearer|cookie] [--pair-path /p2]
 //! ```
 //!
 //! `mint` writes one signed JWT per line (`sub` = `user-<i mod U>`, a unique
@@ -18,7 +18,11 @@
 //! the first free keep-alive connection, and its latency is measured from
 //! that due time, so a stall counts against every request it delayed
 //! (no coordinated omission). It busy-polls non-blocking sockets on one
-//! thread, so pin it to a core of its own.
+//! thread, so pin it to a core of its own. With `--pair-path`, every other
+//! request goes to that path without credentials, and its latencies are
+//! reported apart (`pair_p50_ms`, `pair_p99_ms`): the two classes share the
+//! same seconds, connections and server, so a stall of the host lands on
+//! both and their difference is what the credentials cost.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -222,6 +226,8 @@ struct Conn {
     /// When the in-flight request was due.
     due: Option<Instant>,
     measured: bool,
+    /// The in-flight request went to `--pair-path`.
+    pair: bool,
 }
 
 /// The length of the first complete HTTP/1.1 response in `b` and its
@@ -267,6 +273,9 @@ fn rate(a: &Args) -> Res<()> {
             .collect(),
         None => vec![],
     };
+    let pair_request = a
+        .opt("--pair-path")
+        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes());
     let requests: Vec<Vec<u8>> = if creds.is_empty() {
         vec![format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()]
     } else {
@@ -291,6 +300,7 @@ fn rate(a: &Args) -> Res<()> {
             buf: Vec::with_capacity(4096),
             due: None,
             measured: false,
+            pair: false,
         });
     }
     let mut free: VecDeque<usize> = (0..nconns).collect();
@@ -302,7 +312,9 @@ fn rate(a: &Args) -> Res<()> {
     let hard_stop = stop_issuing + Duration::from_secs(5);
     let mut next: u64 = 0;
     let mut lat_us: Vec<u32> = Vec::with_capacity((rate * secs * 1.1) as usize + 16);
-    let (mut errors, mut non200, mut sent) = (0u64, 0u64, 0u64);
+    let mut pair_us: Vec<u32> = Vec::with_capacity(lat_us.capacity());
+    let mut own: u64 = 0;
+    let (mut errors, mut non200) = (0u64, 0u64);
     let mut rbuf = [0u8; 16 * 1024];
     loop {
         let now = Instant::now();
@@ -319,7 +331,14 @@ fn rate(a: &Args) -> Res<()> {
                 break;
             }
             let Some(c) = free.pop_front() else { break };
-            let req = &requests[(sent as usize) % requests.len()];
+            let pair = pair_request.is_some() && next % 2 == 1;
+            let req = match &pair_request {
+                Some(p) if pair => p,
+                _ => {
+                    own += 1;
+                    &requests[((own - 1) as usize) % requests.len()]
+                }
+            };
             let conn = &mut conns[c];
             let mut off = 0;
             while off < req.len() {
@@ -332,9 +351,9 @@ fn rate(a: &Args) -> Res<()> {
             }
             conn.due = Some(due);
             conn.measured = due >= measure_from;
+            conn.pair = pair;
             busy.push(c);
             next += 1;
-            sent += 1;
         }
         if now >= stop_issuing && busy.is_empty() {
             break;
@@ -359,7 +378,12 @@ fn rate(a: &Args) -> Res<()> {
                     }
                     if conn.measured {
                         let due = conn.due.unwrap_or(done);
-                        lat_us.push(done.duration_since(due).as_micros().min(u32::MAX as u128) as u32);
+                        let us = done.duration_since(due).as_micros().min(u32::MAX as u128) as u32;
+                        if conn.pair {
+                            pair_us.push(us);
+                        } else {
+                            lat_us.push(us);
+                        }
                         if status != 200 {
                             non200 += 1;
                         }
@@ -373,26 +397,37 @@ fn rate(a: &Args) -> Res<()> {
         }
     }
     lat_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat_us.is_empty() {
+    pair_us.sort_unstable();
+    let pct = |v: &[u32], p: f64| -> f64 {
+        if v.is_empty() {
             return f64::NAN;
         }
-        let idx = ((p / 100.0) * (lat_us.len() - 1) as f64).round() as usize;
-        lat_us[idx] as f64 / 1000.0
+        let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[idx] as f64 / 1000.0
     };
     // One line, `key=value`, for the script to parse.
-    println!(
+    print!(
         "requests={} rate={:.0} achieved={:.0} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} non200={} errors={}",
         lat_us.len(),
         rate,
-        lat_us.len() as f64 / secs,
-        pct(50.0),
-        pct(90.0),
-        pct(99.0),
-        pct(99.9),
+        (lat_us.len() + pair_us.len()) as f64 / secs,
+        pct(&lat_us, 50.0),
+        pct(&lat_us, 90.0),
+        pct(&lat_us, 99.0),
+        pct(&lat_us, 99.9),
         lat_us.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
         non200,
         errors
     );
+    if pair_request.is_some() {
+        print!(
+            " pair_requests={} pair_p50_ms={:.3} pair_p99_ms={:.3} pair_p999_ms={:.3}",
+            pair_us.len(),
+            pct(&pair_us, 50.0),
+            pct(&pair_us, 99.0),
+            pct(&pair_us, 99.9),
+        );
+    }
+    println!();
     Ok(())
 }

@@ -80,6 +80,15 @@ impl RemoteKeys {
         self.keys.load_full().ok_or(Reason::KeysUnavailable)
     }
 
+    /// Whether `keys` are the keys now serving (no handle taken: a cache
+    /// hit asks this on every request).
+    pub fn is_current(&self, keys: &Arc<KeySet>) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|k| Arc::ptr_eq(k, keys))
+    }
+
     /// Whether the keys have loaded at least once (readiness).
     pub fn loaded(&self) -> bool {
         self.keys.load().is_some()
@@ -232,6 +241,15 @@ pub enum KeySource {
 }
 
 impl KeySource {
+    /// Whether `keys` are the keys to verify with now: a token verified
+    /// under another set goes through verification again.
+    pub fn is_current(&self, keys: &Arc<KeySet>) -> bool {
+        match self {
+            KeySource::Static(k) => Arc::ptr_eq(k, keys),
+            KeySource::Remote(r) => r.is_current(keys),
+        }
+    }
+
     /// The keys to verify with now.
     pub fn current(&self) -> Result<Arc<KeySet>, Reason> {
         match self {

@@ -206,8 +206,7 @@ async fn by_jwt(
             && rt
                 .issuers
                 .get(e.issuer)
-                .and_then(|i| i.keys.current().ok())
-                .is_some_and(|k| Arc::ptr_eq(&k, &e.keys))
+                .is_some_and(|i| i.keys.is_current(&e.keys))
     });
     let identity = match hit {
         Some(e) if now < e.expires_at => {

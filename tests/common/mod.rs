@@ -632,6 +632,18 @@ impl Gateway {
         assert_eq!(r.status, 200, "/metrics: {}", r.text());
         r.text()
     }
+
+    /// `/metrics` once `ok` holds for it (or the last scrape after 10 s):
+    /// a request is counted when its log phase runs, which can be just
+    /// after the client has read the answer.
+    pub fn metrics_when(&self, ok: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        poll_until(Duration::from_secs(10), || {
+            last = self.metrics();
+            ok(&last).then_some(())
+        });
+        last
+    }
 }
 
 impl Drop for Gateway {
