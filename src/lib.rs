@@ -18,7 +18,6 @@ pub mod gateway;
 pub mod head_guard;
 pub mod identity;
 pub mod log_format;
-pub mod log_writer;
 pub mod metrics;
 pub mod ratelimit;
 pub mod revocation;

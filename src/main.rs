@@ -73,28 +73,27 @@ enum Command {
     },
 }
 
-/// JSON logs on stdout, written by a background thread in batches so a
-/// request never waits on stdout or wakes a thread per line (blocking, not
-/// dropping, if stdout stalls; see `log_writer`). The guard writes what is
-/// still queued when `serve` returns.
-fn init_logs() -> Option<authgate::log_writer::LogGuard> {
+/// JSON logs on stdout, written by a background thread so a request never
+/// waits on the stdout lock (blocking, not dropping, if it falls behind).
+/// The guard flushes what is still queued when `serve` returns.
+///
+/// The thread writes through a 64 KiB buffer: it takes every queued line,
+/// then flushes once the queue is empty, so under load one `write` carries
+/// many lines (stdout alone is line-buffered: a `write` per line), and an
+/// idle gateway's lines still go out at once.
+fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(stdout);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .event_format(authgate::log_format::JsonLines)
-        .with_env_filter(filter);
-    match authgate::log_writer::start(std::io::stdout()) {
-        Ok((writer, guard)) => {
-            let _ = builder.with_writer(writer).try_init();
-            Some(guard)
-        }
-        Err(e) => {
-            // no thread to spare: write each line directly
-            eprintln!("authgate: cannot start the log writer thread ({e}); logging synchronously");
-            let _ = builder.with_writer(std::io::stdout).try_init();
-            None
-        }
-    }
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .try_init();
+    guard
 }
 
 /// mimalloc: pingora allocates some 60 small blocks per proxied request
