@@ -560,6 +560,8 @@ stop_pid "$PID_REDIS"
 FIXED=$WORK/fixed
 : >"$FIXED"
 declare -A FX_P50 FX_P99 FX_RATE FX_ALL_P50 FX_ALL_P99
+# The value of KEY in the rate client's `key=value ...` line.
+field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 # Each call adds a round for KEY: the row's p50/p99 are the medians over its
 # rounds; $FIXED keeps one line per key (first round's order).
 fixed() { # KEY LABEL ADDR PATH RATE [TOKENS [KIND]]
@@ -570,10 +572,10 @@ fixed() { # KEY LABEL ADDR PATH RATE [TOKENS [KIND]]
   out=$("${ON_CLIENT[@]}" "$TOOLS" rate --addr "$addr" --path "$path" --rate "$rate" --secs "$DURATION" \
     --warmup "$WARMUP" --conns "$FIXED_CONNS" "${extra[@]}") || die "$label: fixed-rate client failed"
   local p50 p99 achieved non200
-  p50=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p50_ms" { print $2 }')
-  p99=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p99_ms" { print $2 }')
-  achieved=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "achieved" { print $2 }')
-  non200=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "non200" { print $2 }')
+  p50=$(field "$out" p50_ms)
+  p99=$(field "$out" p99_ms)
+  achieved=$(field "$out" achieved)
+  non200=$(field "$out" non200)
   [ "$non200" = 0 ] || die "$label: $non200 non-200 responses at fixed rate: $out"
   [ -n "${FX_RATE[$key]:-}" ] || echo "$key|$label|$rate|$achieved" >>"$FIXED"
   FX_ALL_P50[$key]+="$p50 " FX_ALL_P99[$key]+="$p99 "
@@ -593,9 +595,9 @@ pair_fixed() { # ALG ADDR RATE
   out=$("${ON_CLIENT[@]}" "$TOOLS" rate --addr "$addr" --path "/${PFX[$a]}/" --rate "$rate" --secs "$DURATION" \
     --warmup "$WARMUP" --conns "$FIXED_CONNS" --tokens "$TOK/$a-pool.txt" --kind bearer --pair-path /none/) ||
     die "$a paired: fixed-rate client failed"
-  p99=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "p99_ms" { print $2 }')
-  pp99=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "pair_p99_ms" { print $2 }')
-  non200=$(echo "$out" | tr ' ' '\n' | awk -F= '$1 == "non200" { print $2 }')
+  p99=$(field "$out" p99_ms)
+  pp99=$(field "$out" pair_p99_ms)
+  non200=$(field "$out" non200)
   [ "$non200" = 0 ] || die "$a paired: $non200 non-200 responses at fixed rate: $out"
   [ -n "$p99" ] && [ -n "$pp99" ] || die "$a paired: no p99 in: $out"
   PR_JWT[$a]+="$p99 " PR_PASS[$a]+="$pp99 "

@@ -333,8 +333,7 @@ impl HeaderSink for LineSink<'_> {
         Ok(())
     }
     fn put_text(&mut self, name: &'static str, value: &str) -> Result<()> {
-        // what `HeaderValue::from_str` accepts: no control characters but tab
-        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if value.bytes().any(identity::breaks_header) {
             return Error::e_explain(ErrorType::InternalError, "header value");
         }
         line(self.0, name.as_bytes(), value.as_bytes());

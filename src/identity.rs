@@ -208,19 +208,24 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Valu
 /// ...) are percent-encoded, so a claim can never split or end a header.
 /// `%` itself is left alone; backends see the claim otherwise unchanged.
 pub fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+    if !value.bytes().any(breaks_header) {
         return std::borrow::Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len() + 8);
     for c in value.chars() {
-        let b = c as u32;
-        if (b < 0x20 && c != '\t') || b == 0x7f {
-            out.push_str(&format!("%{b:02X}"));
+        if c.is_ascii() && breaks_header(c as u8) {
+            out.push_str(&format!("%{:02X}", c as u32));
         } else {
             out.push(c);
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// A byte no header value may hold (what `HeaderValue::from_str` refuses):
+/// a control character other than tab, or DEL.
+pub fn breaks_header(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 /// True for a header the gateway owns and a client must never set: any

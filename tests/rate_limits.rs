@@ -62,9 +62,22 @@ fn config(store: &str, trusted: &str, routes: &[String]) -> String {
 
 /// The gateway in front of a login upstream (401 on `password=wrong`).
 fn start(cfg: &str) -> (Gateway, Upstream) {
-    let up = Upstream::login();
+    start_on(cfg, Upstream::login())
+}
+
+/// The gateway in front of `up`.
+fn start_on(cfg: &str, up: Upstream) -> (Gateway, Upstream) {
     let gw = Gateway::start(&cfg.replace("{upstream}", &up.addr), &[]);
     (gw, up)
+}
+
+/// One route, `login` on `/login`, limited by `key` with `count = "failures"`.
+fn failures_route(key: &str, n: u64) -> String {
+    config(
+        "",
+        "",
+        &[route("login", "/login", &[limit(key, n, "1h", "failures")])],
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -601,17 +614,10 @@ fn failures_are_counted_on_the_direct_path_too() {
             200
         }
     }
-    let up = Upstream::start_with_status(by_path);
-    let cfg = config(
-        "",
-        "",
-        &[route(
-            "login",
-            "/login",
-            &[limit("ip", 2, "1h", "failures")],
-        )],
+    let (gw, up) = start_on(
+        &failures_route("ip", 2),
+        Upstream::start_with_status(by_path),
     );
-    let gw = Gateway::start(&cfg.replace("{upstream}", &up.addr), &[]);
     for k in 0..5 {
         let r = gw.get("/login?ok", &[]);
         assert_status(&r, 200, &format!("success #{k}"));
@@ -1369,17 +1375,10 @@ fn concurrent_failures_are_bounded_by_the_limit() {
         std::thread::sleep(Duration::from_millis(500));
         401
     }
-    let up = Upstream::start_with_status(slow_401);
-    let cfg = config(
-        "",
-        "",
-        &[route(
-            "login",
-            "/login",
-            &[limit("form:username", 3, "1h", "failures")],
-        )],
+    let (gw, up) = start_on(
+        &failures_route("form:username", 3),
+        Upstream::start_with_status(slow_401),
     );
-    let gw = Gateway::start(&cfg.replace("{upstream}", &up.addr), &[]);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(10));
     let threads: Vec<_> = (0..10)
         .map(|_| {

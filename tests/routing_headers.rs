@@ -333,6 +333,16 @@ fn forwarded_headers_authorization_and_body() {
     let r = gw.get("/open/x", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(up.last().header_all("x-forwarded-for"), ["127.0.0.1"]);
+    // the same on the general path (a request with a body)
+    let r = request(
+        &gw.proxy_addr,
+        "POST",
+        "/open/x",
+        &[("X-Forwarded-For", "1.2.3.4")],
+        b"x",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(
         up.last().header("x-forwarded-proto").as_deref(),
         Some("http")
@@ -385,6 +395,18 @@ fn trusted_proxy_appends_peer() {
     let xff = up.last().header_all("x-forwarded-for").join(",");
     let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
     assert_eq!(hops, ["1.2.3.4", "127.0.0.1"]);
+    // the same on the general path (a request with a body)
+    let r = request(
+        &gw.proxy_addr,
+        "POST",
+        "/open/x",
+        &[("X-Forwarded-For", "1.2.3.4")],
+        b"x",
+    );
+    assert_eq!(r.status, 200);
+    let xff = up.last().header_all("x-forwarded-for").join(",");
+    let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
+    assert_eq!(hops, ["1.2.3.4", "127.0.0.1"], "general path");
     // a trusted proxy's scheme is kept when it says https; anything else is http
     for (sent, seen) in [("https", "https"), ("HTTPS", "https"), ("gopher", "http")] {
         let r = gw.get("/open/x", &[("X-Forwarded-Proto", sent)]);

@@ -313,7 +313,6 @@ fn rate(a: &Args) -> Res<()> {
     let mut next: u64 = 0;
     let mut lat_us: Vec<u32> = Vec::with_capacity((rate * secs * 1.1) as usize + 16);
     let mut pair_us: Vec<u32> = Vec::with_capacity(lat_us.capacity());
-    let mut own: u64 = 0;
     let (mut errors, mut non200) = (0u64, 0u64);
     let mut rbuf = [0u8; 16 * 1024];
     loop {
@@ -331,13 +330,11 @@ fn rate(a: &Args) -> Res<()> {
                 break;
             }
             let Some(c) = free.pop_front() else { break };
-            let pair = pair_request.is_some() && next % 2 == 1;
-            let req = match &pair_request {
-                Some(p) if pair => p,
-                _ => {
-                    own += 1;
-                    &requests[((own - 1) as usize) % requests.len()]
-                }
+            // paired: even requests take the credentials in turn, odd ones the pair path
+            let (req, pair) = match &pair_request {
+                Some(p) if next % 2 == 1 => (p, true),
+                Some(_) => (&requests[(next / 2) as usize % requests.len()], false),
+                None => (&requests[next as usize % requests.len()], false),
             };
             let conn = &mut conns[c];
             let mut off = 0;
