@@ -269,11 +269,16 @@ impl ServeHttp for AdminApp {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(
-                200,
-                "text/plain; version=0.0.4",
-                self.state.metrics.render(),
-            ),
+            ("GET", "/metrics") => {
+                self.state
+                    .metrics
+                    .set_upstream_health(&self.state.runtime());
+                respond(
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.state.metrics.render(),
+                )
+            }
             ("GET", "/healthz") => json(200, "{\"status\":\"ok\"}"),
             ("GET", "/readyz") if !self.state.keys_loaded() => json(
                 503,

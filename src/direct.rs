@@ -213,9 +213,15 @@ const POOL_SIZE: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(55);
 
 /// Idle keep-alive connections to one upstream's addresses. Taking and
-/// putting back are a short lock, never held across an await; a connection
-/// the upstream closed while idle is found on use and the request retried
-/// once on a fresh one (a bodyless GET or HEAD is safe to send again).
+/// putting back are a short lock, never held across an await. A pooled
+/// connection is a boundary between clients: one the upstream wrote to
+/// while idle (bytes after a response's end, an unsolicited `408`) or
+/// closed is never handed out, since whatever waits in it would be read as
+/// the next client's answer ([`idle_fit`], checked on put and on take, as
+/// pingora's pool watches its idle connections). A connection that became
+/// unfit in the instant between the check and the write is found on use
+/// and the request retried once on a fresh one (a bodyless GET or HEAD is
+/// safe to send again).
 #[derive(Default)]
 pub struct IdlePool {
     idle: Mutex<Vec<(SocketAddr, Stream, Instant)>>,
@@ -228,30 +234,56 @@ impl std::fmt::Debug for IdlePool {
     }
 }
 
+/// Whether an idle connection can carry another exchange: a read would
+/// wait (nothing arrived, no EOF, no error). One poll with a no-op waker,
+/// so it costs a `recv` that returns `EAGAIN`; over TLS, records with no
+/// application data (a session ticket) are consumed and still wait.
+pub(crate) fn idle_fit(stream: &mut Stream) -> bool {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncRead;
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        std::pin::Pin::new(stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
+}
+
 impl IdlePool {
-    /// The most recently idled connection to `addr`. Entries stay in the
-    /// order they were put back, so the expired ones are a prefix; they are
-    /// closed after the lock is released.
+    /// The most recently idled connection to `addr` that is still fit
+    /// ([`idle_fit`]). Entries stay in the order they were put back, so
+    /// the expired ones are a prefix; unfit and expired ones are closed
+    /// after the lock is released.
     fn take(&self, addr: SocketAddr) -> Option<Stream> {
-        let (found, expired) = {
-            let mut idle = self.idle.lock().ok()?;
-            let now = Instant::now();
-            let stale = idle
-                .iter()
-                .take_while(|(_, _, since)| now.duration_since(*since) >= POOL_IDLE)
-                .count();
-            let expired: Vec<_> = idle.drain(..stale).collect();
-            let found = idle
-                .iter()
-                .rposition(|(a, _, _)| *a == addr)
-                .map(|i| idle.remove(i).1);
-            (found, expired)
-        };
-        drop(expired);
-        found
+        loop {
+            let (found, expired) = {
+                let mut idle = self.idle.lock().ok()?;
+                let now = Instant::now();
+                let stale = idle
+                    .iter()
+                    .take_while(|(_, _, since)| now.duration_since(*since) >= POOL_IDLE)
+                    .count();
+                let expired: Vec<_> = idle.drain(..stale).collect();
+                let found = idle
+                    .iter()
+                    .rposition(|(a, _, _)| *a == addr)
+                    .map(|i| idle.remove(i).1);
+                (found, expired)
+            };
+            drop(expired);
+            let mut stream = found?;
+            if idle_fit(&mut stream) {
+                return Some(stream);
+            }
+        }
     }
 
-    fn put(&self, addr: SocketAddr, stream: Stream) {
+    /// Keeps `stream` for reuse, unless something already arrived on it.
+    fn put(&self, addr: SocketAddr, mut stream: Stream) {
+        if !idle_fit(&mut stream) {
+            return;
+        }
         let evicted = match self.idle.lock() {
             Ok(mut idle) => {
                 let oldest = (idle.len() >= POOL_SIZE).then(|| idle.remove(0));
@@ -381,21 +413,28 @@ enum Framing {
 
 impl Framing {
     /// How many of `buf`'s bytes (what arrived next) belong to the body,
-    /// and whether the body ends with them.
-    fn take(&mut self, buf: &[u8]) -> std::result::Result<(usize, bool), &'static str> {
-        match self {
-            Framing::None => Ok((0, true)),
+    /// and whether the body ends with them; the body's bytes as the client
+    /// gets them are appended to `out`.
+    fn take(
+        &mut self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(usize, bool), &'static str> {
+        let (n, done) = match self {
+            Framing::None => (0, true),
             Framing::Length(left) => {
                 let n = (buf.len() as u64).min(*left);
                 *left -= n;
-                Ok((n as usize, *left == 0))
+                (n as usize, *left == 0)
             }
             Framing::Chunked(c) => {
-                let used = c.advance(buf)?;
-                Ok((used, c.done()))
+                let used = c.advance(buf, out)?;
+                return Ok((used, c.done()));
             }
-            Framing::Close => Ok((buf.len(), false)),
-        }
+            Framing::Close => (buf.len(), false),
+        };
+        out.extend_from_slice(&buf[..n]);
+        Ok((n, done))
     }
 }
 
@@ -518,7 +557,7 @@ impl Direct {
         ctx: &mut Ctx,
     ) -> std::result::Result<(), Answer> {
         let gw = &self.gateway;
-        gw.begin(&req.parts, peer, rt, ctx)?;
+        gw.begin(&req.parts, span(&req.buf, req.target), peer, rt, ctx)?;
         if let Some(need_body) = ctx
             .matched()
             .filter(|r| !r.limits.is_empty())
@@ -559,8 +598,14 @@ impl Direct {
             return Exchange::Failed { error, sent: None };
         }
         let mut fresh_only = false;
+        let mut last_addr = None;
         loop {
-            let Some(addr) = upstream.pick(ctx.tries()) else {
+            // a stale pooled connection is retried on the same address
+            let addr = match (fresh_only, last_addr) {
+                (true, Some(a)) => Some(a),
+                _ => upstream.pick(ctx.tried()),
+            };
+            let Some(addr) = addr else {
                 let error = Error::explain(ErrorType::InternalError, "upstream has no address");
                 return Exchange::Failed { error, sent: None };
             };
@@ -571,10 +616,16 @@ impl Direct {
                 None => {
                     let peer = gw.peer_at(upstream, addr, ctx);
                     match self.connector.new_stream(&peer).await {
-                        Ok(s) => (s, false),
+                        Ok(s) => {
+                            gw.connected(ctx);
+                            (s, false)
+                        }
                         Err(mut e) => {
                             e.as_up();
                             if gw.connect_failed(ctx) {
+                                // the next attempt: an address not yet tried
+                                fresh_only = false;
+                                last_addr = None;
                                 continue;
                             }
                             return Exchange::Failed {
@@ -585,6 +636,7 @@ impl Direct {
                     }
                 }
             };
+            last_addr = Some(addr);
             let exchange = Relay {
                 client: &mut *client,
                 upstream: stream,
@@ -707,7 +759,12 @@ struct ResponseHead {
     /// Its length in the buffer.
     len: usize,
     framing: Framing,
-    /// The upstream keeps the connection open after this response.
+    /// The upstream keeps the connection open after this response, and
+    /// nothing may follow the body's end: not when the body ended by rule
+    /// (HEAD, 204, 304) while the head announced one, nor after a
+    /// `Content-Length` beside a `Transfer-Encoding` (RFC 9112 §6.3: close
+    /// after it), since an upstream that sends the announced bytes anyway
+    /// would leave them for the next exchange.
     upstream_keep: bool,
     /// It has a `Date`.
     dated: bool,
@@ -881,8 +938,9 @@ impl Relay<'_> {
                 keep_alive |= has_token(h.value, b"keep-alive");
             }
         }
-        let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status)
-        {
+        let by_rule = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+        let announced = encoded || length.is_some_and(|l| l > 0);
+        let framing = if by_rule {
             Framing::None
         } else if encoded && chunked {
             Framing::Chunked(Chunked::default())
@@ -897,7 +955,10 @@ impl Relay<'_> {
         };
         // RFC 9112 §9.3: 1.1 persists unless closed; 1.0 only when asked,
         // and never after a Transfer-Encoding (§6.1)
-        let upstream_keep = !close && (if http11 { true } else { keep_alive && !encoded });
+        let upstream_keep = !close
+            && (if http11 { true } else { keep_alive && !encoded })
+            && (!by_rule || !announced)
+            && (!encoded || length.is_none());
         out.clear();
         status_line(out, status, resp.reason.map(str::as_bytes));
         let mut dated = false;
@@ -927,11 +988,11 @@ impl Relay<'_> {
     /// for another exchange).
     async fn relay_body(&mut self, mut framing: Framing) -> Result<bool> {
         loop {
+            let Buffers { resp, out, .. } = &mut *self.bufs;
             let (used, done) = framing
-                .take(&self.bufs.resp)
+                .take(resp, out)
                 .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e).into_up())?;
-            self.bufs.out.extend_from_slice(&self.bufs.resp[..used]);
-            self.bufs.resp.advance(used);
+            resp.advance(used);
             if done {
                 // anything after the end: the connection is not fit to reuse
                 let clean = self.bufs.resp.is_empty();
@@ -995,8 +1056,9 @@ fn end_head(out: &mut Vec<u8>, tail: Option<&ResponseTail>, dated: bool) {
 pub fn chunked_end(buf: &[u8], piece: usize) -> std::result::Result<Option<usize>, &'static str> {
     let mut c = Chunked::default();
     let mut at = 0;
+    let mut out = Vec::new();
     for part in buf.chunks(piece.max(1)) {
-        let used = c.advance(part)?;
+        let used = c.advance(part, &mut out)?;
         if used > part.len() {
             return Err("advanced past its input");
         }
@@ -1009,7 +1071,11 @@ pub fn chunked_end(buf: &[u8], piece: usize) -> std::result::Result<Option<usize
 }
 
 /// Where a chunked body (RFC 9112 §7.1) is, read byte for byte as it
-/// passes through unchanged: only its end matters here.
+/// passes through, and its framing as the client gets it: every line end
+/// written `CRLF` (an upstream's bare `LF` relayed as sent could be framed
+/// otherwise by a client or a proxy in front that reads line ends
+/// strictly), chunk extensions dropped (as pingora's re-encoding does), a
+/// bare `CR` refused. Chunk data and trailer fields pass unchanged.
 #[derive(Clone, Copy, Default)]
 struct Chunked {
     state: ChunkState,
@@ -1017,6 +1083,8 @@ struct Chunked {
     n: u64,
     /// Hex digits seen in the size being read.
     digits: bool,
+    /// The previous byte of a size, extension or trailer line was `CR`.
+    cr: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -1045,9 +1113,14 @@ impl Chunked {
         self.state == ChunkState::Done
     }
 
-    /// Moves over `buf`; how many of its bytes belong to the body (all of
+    /// Moves over `buf`, writing the body's bytes as the client gets them
+    /// to `out`; how many of `buf`'s bytes belong to the body (all of
     /// them, or up to the end).
-    fn advance(&mut self, buf: &[u8]) -> std::result::Result<usize, &'static str> {
+    fn advance(
+        &mut self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<usize, &'static str> {
         let mut i = 0;
         while i < buf.len() && self.state != ChunkState::Done {
             let b = buf[i];
@@ -1060,19 +1133,26 @@ impl Chunked {
                         }
                         self.n = self.n * 16 + d;
                         self.digits = true;
+                        out.push(b);
                     }
                     _ if !self.digits => return Err("invalid chunk size"),
-                    b'\r' | b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
-                    b'\n' => self.line_end(),
+                    b'\r' => {
+                        self.cr = true;
+                        self.state = ChunkState::Ext;
+                    }
+                    b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
+                    b'\n' => self.line_end(out),
                     _ => return Err("invalid chunk size"),
                 },
-                ChunkState::Ext => {
-                    if b == b'\n' {
-                        self.line_end();
-                    }
-                }
+                ChunkState::Ext => match b {
+                    b'\n' => self.line_end(out),
+                    _ if self.cr => return Err("bare CR in a chunk size line"),
+                    b'\r' => self.cr = true,
+                    _ => {}
+                },
                 ChunkState::Data => {
                     let take = (buf.len() - i).min(self.n as usize);
+                    out.extend_from_slice(&buf[i..i + take]);
                     self.n -= take as u64;
                     i += take;
                     if self.n == 0 {
@@ -1082,27 +1162,47 @@ impl Chunked {
                 }
                 ChunkState::DataCr => match b {
                     b'\r' => self.state = ChunkState::DataLf,
-                    b'\n' => self.state = ChunkState::Size,
+                    b'\n' => {
+                        out.extend_from_slice(b"\r\n");
+                        self.state = ChunkState::Size;
+                    }
                     _ => return Err("chunk data longer than its size"),
                 },
                 ChunkState::DataLf => match b {
-                    b'\n' => self.state = ChunkState::Size,
+                    b'\n' => {
+                        out.extend_from_slice(b"\r\n");
+                        self.state = ChunkState::Size;
+                    }
                     _ => return Err("chunk data longer than its size"),
                 },
                 ChunkState::TrailerStart => match b {
                     b'\r' => self.state = ChunkState::EndLf,
-                    b'\n' => self.state = ChunkState::Done,
-                    _ => self.state = ChunkState::Trailer,
+                    b'\n' => {
+                        out.extend_from_slice(b"\r\n");
+                        self.state = ChunkState::Done;
+                    }
+                    _ => {
+                        out.push(b);
+                        self.state = ChunkState::Trailer;
+                    }
                 },
                 ChunkState::EndLf => match b {
-                    b'\n' => self.state = ChunkState::Done,
+                    b'\n' => {
+                        out.extend_from_slice(b"\r\n");
+                        self.state = ChunkState::Done;
+                    }
                     _ => return Err("invalid end of chunked body"),
                 },
-                ChunkState::Trailer => {
-                    if b == b'\n' {
+                ChunkState::Trailer => match b {
+                    b'\n' => {
+                        out.extend_from_slice(b"\r\n");
+                        self.cr = false;
                         self.state = ChunkState::TrailerStart;
                     }
-                }
+                    _ if self.cr => return Err("bare CR in a trailer field"),
+                    b'\r' => self.cr = true,
+                    _ => out.push(b),
+                },
                 ChunkState::Done => {}
             }
             i += 1;
@@ -1110,9 +1210,12 @@ impl Chunked {
         Ok(i)
     }
 
-    /// The end of a chunk-size line: data follows, or the trailers.
-    fn line_end(&mut self) {
+    /// The end of a chunk-size line (written `CRLF`): data follows, or the
+    /// trailers.
+    fn line_end(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
         self.digits = false;
+        self.cr = false;
         self.state = if self.n == 0 {
             ChunkState::TrailerStart
         } else {
@@ -1181,7 +1284,7 @@ mod tests {
             let mut at = 0;
             while at < body.len() && !c.done() {
                 let piece = &body[at..(at + step).min(body.len())];
-                at += c.advance(piece)?;
+                at += c.advance(piece, &mut Vec::new())?;
             }
             let end = if c.done() { at } else { usize::MAX };
             match first {
@@ -1203,5 +1306,35 @@ mod tests {
         assert!(end_of(b"5\r\nhello!!\r\n0\r\n\r\n").is_err());
         assert!(end_of(b"zz\r\n").is_err());
         assert!(end_of(b"fffffffffffffffff\r\n").is_err());
+    }
+
+    /// The client gets CRLF framing whatever line ends the upstream used,
+    /// in any split of its bytes.
+    #[test]
+    fn chunked_framing_is_relayed_with_crlf() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"5\nhello\n0\n\n", b"5\r\nhello\r\n0\r\n\r\n"),
+            (
+                b"5;ext=1\r\nhello\r\n0\r\nX-T: 1\n\r\n",
+                b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+            ),
+            (b"3\r\na\nb\r\n0\r\n\r\n", b"3\r\na\nb\r\n0\r\n\r\n"),
+            (b"0\r\n\n", b"0\r\n\r\n"),
+        ];
+        for (input, want) in cases {
+            for step in 1..=input.len() {
+                let mut c = Chunked::default();
+                let mut out = Vec::new();
+                for piece in input.chunks(step) {
+                    c.advance(piece, &mut out).unwrap();
+                }
+                assert!(c.done());
+                assert_eq!(out, want, "step {step}");
+            }
+        }
+        let mut c = Chunked::default();
+        assert!(c.advance(b"5\rX\nhello", &mut Vec::new()).is_err());
+        let mut c = Chunked::default();
+        assert!(c.advance(b"0\r\nX-T: a\rb\r\n", &mut Vec::new()).is_err());
     }
 }

@@ -9,7 +9,7 @@ use crate::denial::Reason;
 use crate::identity::{self, header_safe, AuthMethod, Identity};
 use crate::ratelimit::{self, BodyPrefix, Cell, Count, Limit, BODY_LIMIT};
 use crate::router;
-use crate::runtime::{AuthMode, OnError, Route, Runtime, Upstream};
+use crate::runtime::{AuthMode, OnError, Route, Runtime, Tried, Upstream};
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -46,8 +46,9 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     /// A gateway-served endpoint (the assertion JWKS): its metrics label.
     builtin: Option<&'static str>,
-    /// Connect attempts so far (a failed connect retries the next address).
-    tries: usize,
+    /// The upstream addresses tried so far (a failed connect retries an
+    /// address not yet tried).
+    tried: Tried,
     /// `RateLimit-Policy` / `RateLimit` values for the upstream's response.
     rate_decision: Option<ratelimit::Decision>,
     /// `count = "failures"` cells, consumed if the upstream answers 401/403.
@@ -74,16 +75,16 @@ impl Ctx {
             client_ip: None,
             scheme: "http",
             upstream_start: None,
-            tries: 0,
+            tried: Tried::default(),
             builtin: None,
             rate_decision: None,
             failure_cells: Vec::new(),
         }
     }
 
-    /// Connect attempts so far.
-    pub fn tries(&self) -> usize {
-        self.tries
+    /// The upstream addresses this request has tried.
+    pub fn tried(&mut self) -> &mut Tried {
+        &mut self.tried
     }
 
     /// The upstream part of the request starts (first connect or reuse).
@@ -188,6 +189,14 @@ impl Gateway {
         Err(Answer::deny(reason, Vec::new(), has_body(&req.headers)))
     }
 
+    /// A 400 for a head the gateway will not interpret: the connection
+    /// closes after it (whatever follows may be framed otherwise than it
+    /// looks).
+    fn bad_request(&self, ctx: &mut Ctx) -> Verdict {
+        ctx.reason = Reason::BadRequest;
+        Err(Answer::deny(Reason::BadRequest, Vec::new(), true))
+    }
+
     /// Gives back `failures` charges for an attempt that did not fail.
     async fn refund(&self, cells: &[Cell]) {
         if let Err(e) = self.state.store.rate_refund(cells).await {
@@ -207,6 +216,7 @@ impl Gateway {
     pub fn begin(
         &self,
         req: &Parts,
+        raw_target: &[u8],
         peer: Option<IpAddr>,
         rt: Arc<Runtime>,
         ctx: &mut Ctx,
@@ -250,20 +260,26 @@ impl Gateway {
             };
             return Err(answer);
         }
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400
-        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-            return self.deny(ctx, Reason::BadRequest, req);
+        // Framing a backend could read otherwise than the gateway: two
+        // `Content-Length` lines (even equal), or one beside a
+        // `Transfer-Encoding` (RFC 9112 §6.1, as nginx refuses them).
+        let lengths = req
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .count();
+        if lengths > 1
+            || (lengths == 1 && req.headers.contains_key(http::header::TRANSFER_ENCODING))
+        {
+            return self.bad_request(ctx);
         }
+        let Ok(host) = request_host(req, raw_target) else {
+            return self.bad_request(ctx);
+        };
         let path = match router::normalize(req.uri.path()) {
             Ok(p) => p,
             Err(_) => return self.deny(ctx, Reason::BadRequest, req),
         };
-        let host_header = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        let host = router::host_of(host_header);
         let Some(route_idx) = rt.router.resolve(host, req.method.as_str(), &path) else {
             return self.deny(ctx, Reason::NoRoute, req);
         };
@@ -444,8 +460,8 @@ impl Gateway {
         Some(ratelimit::headers(&limits, &d))
     }
 
-    /// The peer to connect to for this try (`ctx.tries` moves on through
-    /// the upstream's addresses after failed connects).
+    /// The peer to connect to for this try (after a failed connect, an
+    /// address this request has not tried: [`Upstream::pick`]).
     pub fn peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some((rt, i)) = ctx.upstream() else {
             return Err(Error::explain(
@@ -458,7 +474,7 @@ impl Gateway {
             .get(i)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
         let addr = up
-            .pick(ctx.tries)
+            .pick(&mut ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
         Ok(Box::new(self.peer_at(up, addr, ctx)))
     }
@@ -487,11 +503,19 @@ impl Gateway {
         peer
     }
 
-    /// A failed connect: whether to try the next address.
+    /// A failed connect (counted against its address's health): whether
+    /// an address is left to try. Nothing was sent, so any request,
+    /// idempotent or not, is safe to retry.
     pub fn connect_failed(&self, ctx: &mut Ctx) -> bool {
-        ctx.tries += 1;
-        let addrs = ctx.matched_upstream().map_or(0, |u| u.addrs.len());
-        ctx.tries < addrs
+        ctx.matched_upstream()
+            .is_some_and(|u| u.connect_failed(&ctx.tried))
+    }
+
+    /// The latest connect attempt succeeded: its address is in rotation.
+    pub fn connected(&self, ctx: &Ctx) {
+        if let Some(u) = ctx.matched_upstream() {
+            u.connected(&ctx.tried);
+        }
     }
 
     /// The headers the gateway adds to a forwarded request (the client's
@@ -672,6 +696,74 @@ impl Gateway {
     }
 }
 
+/// The host a request is routed on (lower case not applied, without port
+/// and one trailing dot: [`router::host_of`]). An absolute-form target's
+/// authority is the host (RFC 9112 §3.2.2); a `Host` line beside it must
+/// name the same host. Refused (`Err`): two `Host` lines, a host with
+/// userinfo or any byte an authority cannot hold, an authority and a
+/// `Host` that disagree, and HTTP/1.1 without a host (RFC 9112 §3.2).
+fn request_host<'a>(req: &'a Parts, raw_target: &'a [u8]) -> std::result::Result<&'a str, ()> {
+    let mut lines = req.headers.get_all(http::header::HOST).iter();
+    let header = lines.next();
+    if lines.next().is_some() {
+        return Err(());
+    }
+    let header = match header {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| ())?;
+            router::valid_authority(text).then_some(text).ok_or(())?;
+            Some(router::host_of(Some(text)))
+        }
+        None => None,
+    };
+    // pingora keeps an absolute-form target's authority off `uri`: read it
+    // from the target as sent
+    let authority = match req.uri.authority().map(|a| a.as_str()) {
+        Some(a) => Some(a),
+        None => target_authority(raw_target)?,
+    };
+    let authority = match authority {
+        Some(a) => {
+            router::valid_authority(a).then_some(()).ok_or(())?;
+            Some(router::host_of(Some(a)))
+        }
+        None => None,
+    };
+    match (authority, header) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => Err(()),
+        (Some(a), _) => Ok(a),
+        (None, Some(h)) => Ok(h),
+        (None, None) if req.version == http::Version::HTTP_11 => Err(()),
+        (None, None) => Ok(""),
+    }
+}
+
+/// The authority of an absolute-form request target (`scheme://authority
+/// [/path]`); `None` for any other form. `Err`: an absolute form whose
+/// authority is not UTF-8.
+fn target_authority(target: &[u8]) -> std::result::Result<Option<&str>, ()> {
+    if target.first() == Some(&b'/') || target == b"*" {
+        return Ok(None);
+    }
+    let Some(at) = memchr::memmem::find(target, b"://") else {
+        return Ok(None);
+    };
+    let scheme = &target[..at];
+    if scheme.is_empty()
+        || !scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+    {
+        return Ok(None);
+    }
+    let rest = &target[at + 3..];
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).map(Some).map_err(|_| ())
+}
+
 /// A browser navigation: GET or HEAD whose `Accept` mentions `text/html`.
 fn is_browser(req: &Parts) -> bool {
     (req.method == http::Method::GET || req.method == http::Method::HEAD)
@@ -823,7 +915,8 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         strip_reserved(session.req_header_mut(), &rt);
-        let mut verdict = self.begin(session.req_header(), peer, rt, ctx);
+        let req = session.req_header();
+        let mut verdict = self.begin(req, req.raw_path(), peer, rt, ctx);
         let needs_body = ctx
             .matched()
             .map(|r| (!r.limits.is_empty(), r.limits_need_body));
@@ -873,6 +966,19 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         self.peer(ctx)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.connected(ctx);
+        Ok(())
     }
 
     fn fail_to_connect(

@@ -225,7 +225,12 @@ where
                 }
             };
             let rt = self.state.runtime();
-            let head = match direct::parse(head, &rt.mapped_headers) {
+            let parsed = if rt.server.direct_path {
+                direct::parse(head, &rt.mapped_headers)
+            } else {
+                Err(head)
+            };
+            let head = match parsed {
                 Ok(request) => {
                     self.state.metrics.path_direct.inc();
                     let closing = *shutdown.borrow();

@@ -249,7 +249,30 @@ pub fn is_reserved_name(name: &str, mapped: &[HeaderName]) -> bool {
     let n = name.as_bytes();
     n.get(..7).is_some_and(|p| same(b"x-auth-", p))
         || mapped.iter().any(|m| same(m.as_str().as_bytes(), n))
+        || (memchr::memchr(b'_', n).is_some()
+            && (UNDERSCORE_ALIASED.iter().any(|m| same(m.as_bytes(), n))
+                || n.get(..12).is_some_and(|p| same(b"x-forwarded-", p))))
 }
+
+/// Framing, routing and forwarding fields whose `_` spellings a
+/// CGI/Rack-style backend reads as the real field (Puma CVE-2024-45614;
+/// nginx drops every name with `_` by default): a client's
+/// `Content_Length` or `X_Forwarded_For` never reaches the upstream. The
+/// `-` spellings are the gateway's to handle, not these.
+const UNDERSCORE_ALIASED: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "forwarded",
+    "x-real-ip",
+    "proxy-connection",
+    "content-type",
+];
 
 /// An IP address as text in a stack buffer: IPv4 (nearly every peer) is
 /// written digit by digit, since `Display` runs the formatting machinery
@@ -335,6 +358,31 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn underscore_spellings_of_framing_and_forwarding_are_reserved() {
+        use super::is_reserved_name;
+        for n in [
+            "Content_Length",
+            "TRANSFER_ENCODING",
+            "X_Forwarded_For",
+            "x_forwarded-host",
+            "X-Forwarded_Proto",
+            "X_Auth_Subject",
+            "Host_",
+        ] {
+            assert_eq!(is_reserved_name(n, &[]), n != "Host_", "{n}");
+        }
+        for n in [
+            "Content-Length",
+            "X-Forwarded-For",
+            "Host",
+            "X_Custom",
+            "Accept",
+        ] {
+            assert!(!is_reserved_name(n, &[]), "{n}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -30,6 +30,10 @@ pub struct Metrics {
     /// `direct.rs`) or `general` (pingora-proxy), resolved once.
     pub path_direct: IntCounter,
     pub path_general: IntCounter,
+    /// Each upstream address's passive health (1 in rotation, 0 out after
+    /// `max_fails` connect failures until a connect succeeds), set from
+    /// the running config at each scrape.
+    pub upstream_healthy: IntGaugeVec,
 }
 
 const AUTH_BUCKETS: &[f64] = &[
@@ -155,6 +159,14 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(revocation_mirror.clone()))?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "authgate_upstream_address_healthy",
+                "Upstream addresses in rotation (1) or out after max_fails consecutive connect failures (0), by upstream and address.",
+            ),
+            &["upstream", "addr"],
+        )?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -172,12 +184,26 @@ impl Metrics {
             heads_refused,
             path_direct: proxy_path.with_label_values(&["direct"]),
             path_general: proxy_path.with_label_values(&["general"]),
+            upstream_healthy,
         })
     }
 
     /// Counts a refused request head (`timeout` or `too_large`).
     pub fn heads_refused(&self, reason: &str) {
         self.heads_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Sets the upstream health gauge from the running config (addresses
+    /// of an earlier config are dropped).
+    pub fn set_upstream_health(&self, rt: &crate::runtime::Runtime) {
+        self.upstream_healthy.reset();
+        for up in &rt.upstreams {
+            for (addr, healthy) in up.health() {
+                self.upstream_healthy
+                    .with_label_values(&[up.name.as_str(), &addr.to_string()])
+                    .set(i64::from(healthy));
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -93,11 +93,19 @@ impl Router {
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnsafePath;
 
-/// The path routing decides on: a path with dot-segments (`/./`, `/../`,
-/// also percent-encoded) is refused, since a backend that resolves them would
-/// serve a different route than the one authorized; runs of `/` are merged
-/// for matching (the path sent upstream is not changed). Borrowed when
-/// nothing needs merging.
+/// The path routing decides on, read the way the backends behind the
+/// gateway may read it, so no spelling reaches a weaker route than the one
+/// the backend serves:
+/// - a path with dot-segments (`/./`, `/../`, also percent-encoded) is
+///   refused, since a backend that resolves them would serve a different
+///   route than the one authorized;
+/// - percent-encoded unreserved characters (`%61` for `a`) are decoded
+///   (RFC 3986 §6.2.2.2: Go, Flask and nginx decode them);
+/// - `;params` are dropped from every segment (servlet containers do);
+/// - runs of `/` are merged.
+///
+/// Only the match uses this: the path sent upstream is not changed.
+/// Borrowed when nothing needs rewriting.
 pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
     if !path.starts_with('/') && path != "*" {
         return Err(UnsafePath);
@@ -105,27 +113,62 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
     if path.contains('\\') || has_encoded_separator(path) {
         return Err(UnsafePath);
     }
-    for seg in path.split('/') {
+    let plain = memchr::memchr2(b'%', b';', path.as_bytes()).is_none() && !path.contains("//");
+    if plain {
+        if path.split('/').any(is_dot_segment) {
+            return Err(UnsafePath);
+        }
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
         // `..;x` is `..` to servlet containers (path parameters), so the
         // part before a `;` decides (Apache Shiro CVE-2020-1957 pattern)
         let seg = seg.split(';').next().unwrap_or(seg);
-        if is_dot_segment(seg) {
+        let seg = decode_unreserved(seg);
+        if is_dot_segment(&seg) {
             return Err(UnsafePath);
         }
-    }
-    if path.contains("//") {
-        let mut out = String::with_capacity(path.len());
-        let mut prev_slash = false;
-        for c in path.chars() {
-            if c == '/' && prev_slash {
-                continue;
-            }
-            prev_slash = c == '/';
-            out.push(c);
+        // merged runs of `/`: an empty segment is kept only first and last
+        if seg.is_empty() && i != 0 && i != last {
+            continue;
         }
-        return Ok(std::borrow::Cow::Owned(out));
+        if i != 0 {
+            out.push('/');
+        }
+        out.push_str(&seg);
     }
-    Ok(std::borrow::Cow::Borrowed(path))
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// `seg` with its percent-encoded unreserved characters (ALPHA, DIGIT,
+/// `-`, `.`, `_`, `~`) decoded; every other escape is kept as written.
+fn decode_unreserved(seg: &str) -> std::borrow::Cow<'_, str> {
+    if !seg.contains('%') {
+        return std::borrow::Cow::Borrowed(seg);
+    }
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+            if let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    // only ASCII bytes were replaced by ASCII bytes: still UTF-8
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| seg.to_string()))
 }
 
 /// `%2f` and `%5c` (any case): backends that decode them before resolving
@@ -158,13 +201,48 @@ fn is_dot_segment(seg: &str) -> bool {
     dots == 1 || dots == 2
 }
 
-/// The host a request is for: `Host` without port (matching ignores case).
+/// The host a request is for: `Host` without port and without one
+/// trailing dot (`admin.local.` is the fully qualified `admin.local`, and
+/// backends such as nginx serve it as that); matching ignores case.
 pub fn host_of(host_header: Option<&str>) -> &str {
     let h = host_header.unwrap_or("");
     if h.starts_with('[') {
         return h.split(']').next().unwrap_or(h).trim_start_matches('[');
     }
-    h.rsplit_once(':').map_or(h, |(a, _)| a)
+    let h = h.rsplit_once(':').map_or(h, |(a, _)| a);
+    h.strip_suffix('.').unwrap_or(h)
+}
+
+/// Whether `text` is an authority a host can be routed on (RFC 3986
+/// §3.2): a reg-name or IP literal and an optional port, with no
+/// userinfo (`www.local@admin.local` names two hosts to two parsers) and
+/// nothing else.
+pub fn valid_authority(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'['
+                        | b']'
+                )
+        })
 }
 
 #[cfg(test)]
@@ -223,14 +301,36 @@ mod tests {
         ] {
             assert!(normalize(p).is_err(), "{p}");
         }
-        assert!(normalize("/a;v=1/b").is_ok());
+        assert_eq!(normalize("/a;v=1/b").unwrap(), "/a/b");
         assert!(normalize("/a/%2e%2ex/%25/b").is_ok());
+    }
+
+    #[test]
+    fn backend_decodings_are_matched_decoded() {
+        assert_eq!(normalize("/%61pi/x").unwrap(), "/api/x");
+        assert_eq!(normalize("/%61%50%49/x").unwrap(), "/aPI/x");
+        assert_eq!(normalize("/api;x/x").unwrap(), "/api/x");
+        assert_eq!(normalize("/%61pi;v=1/x;y").unwrap(), "/api/x");
+        assert_eq!(normalize("/api/").unwrap(), "/api/");
+        assert_eq!(normalize("/api//").unwrap(), "/api/");
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/a%20b/%zz/%4").unwrap(), "/a%20b/%zz/%4");
+        assert!(normalize("/a/%2E/b").is_err());
+        assert!(normalize("/a/.%2e;x/b").is_err());
     }
 
     #[test]
     fn hosts() {
         assert_eq!(host_of(Some("a.example:8080")), "a.example");
         assert_eq!(host_of(Some("[::1]:80")), "::1");
+        assert_eq!(host_of(Some("admin.local.")), "admin.local");
+        assert_eq!(host_of(Some("admin.local.:8080")), "admin.local");
+        assert!(valid_authority("admin.local:8080"));
+        assert!(valid_authority("[::1]:80"));
+        assert!(!valid_authority("www.local@admin.local"));
+        assert!(!valid_authority("a b"));
+        assert!(!valid_authority("a/b"));
+        assert!(!valid_authority(""));
         assert!(m(None, None, Some("*.example.com"), &[]).accepts("a.example.com", "GET"));
         assert!(!m(None, None, Some("*.example.com"), &[]).accepts("example.com", "GET"));
     }

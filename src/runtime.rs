@@ -33,6 +33,10 @@ pub struct ServerSettings {
     pub head: crate::head_guard::HeadLimits,
     /// TLS termination on `listen`: (certificate chain, private key) files.
     pub tls: Option<(String, String)>,
+    /// Plain bodyless HTTP/1.1 GET/HEAD requests take the direct path
+    /// (`direct.rs`); false sends everything through pingora-proxy (an
+    /// operator's switch, applied on reload).
+    pub direct_path: bool,
 }
 
 /// How a route authenticates.
@@ -94,7 +98,7 @@ impl Route {
 }
 
 /// An upstream pool: addresses resolved at load time (never DNS on the
-/// request path) and a round-robin cursor.
+/// request path), a round-robin cursor and each address's passive health.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
@@ -105,25 +109,128 @@ pub struct Upstream {
     pub ca: Option<Arc<[WrappedX509]>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Consecutive connect failures that take an address out of rotation.
+    pub max_fails: u32,
+    /// How long an address stays out before it is tried again.
+    pub fail_timeout: Duration,
     /// Idle keep-alive connections of the direct path (this config's
     /// generation only: a reload starts with none).
     pub pool: crate::direct::IdlePool,
+    /// Per address (same index as `addrs`).
+    health: Vec<AddrHealth>,
+    /// The clock `AddrHealth::down_until_ms` counts from.
+    born: std::time::Instant,
     next: AtomicUsize,
 }
 
+/// Most addresses one upstream may have ([`Tried`] is a bit per address).
+pub const MAX_UPSTREAM_ADDRS: usize = 64;
+
+/// One address's passive health: consecutive connect failures, and when
+/// its backoff ends (ms since `Upstream::born`).
+#[derive(Debug, Default)]
+struct AddrHealth {
+    fails: std::sync::atomic::AtomicU32,
+    down_until_ms: AtomicU64,
+}
+
+/// The addresses one request has tried, so a retry after a failed
+/// connect never goes to the same address twice.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried {
+    mask: u64,
+    /// Where this request's round-robin walk starts.
+    start: Option<usize>,
+    /// The address of the latest attempt.
+    last: usize,
+}
+
+impl Tried {
+    /// Connect attempts so far.
+    pub fn count(&self) -> usize {
+        self.mask.count_ones() as usize
+    }
+}
+
 impl Upstream {
-    /// The next address in round-robin order, `skip` places further on
-    /// (retries after a failed connect move to the next address).
-    pub fn pick(&self, skip: usize) -> Option<SocketAddr> {
-        if self.addrs.is_empty() {
+    /// The address for this request's next connect attempt: the next one in
+    /// round-robin order that it has not tried and that is not backing off;
+    /// when every untried address is backing off, the first of those (a
+    /// request is never refused for health alone). `None` once every
+    /// address was tried.
+    pub fn pick(&self, tried: &mut Tried) -> Option<SocketAddr> {
+        let n = self.addrs.len().min(MAX_UPSTREAM_ADDRS);
+        if n == 0 || tried.count() >= n {
             return None;
         }
-        let n = if skip == 0 {
-            self.next.fetch_add(1, Ordering::Relaxed)
-        } else {
-            self.next.load(Ordering::Relaxed).wrapping_add(skip)
+        let start = *tried
+            .start
+            .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) % n);
+        let untried = |i: usize| tried.mask & (1u64 << i) == 0;
+        let mut now = None;
+        let order = (0..n).map(|k| (start + k) % n);
+        let chosen = order
+            .clone()
+            .find(|&i| untried(i) && self.is_up(i, &mut now))
+            .or_else(|| order.clone().find(|&i| untried(i)))?;
+        tried.mask |= 1u64 << chosen;
+        tried.last = chosen;
+        self.addrs.get(chosen).copied()
+    }
+
+    /// Whether address `i` is in rotation (`now`: the clock, read once and
+    /// only for an address with failures).
+    fn is_up(&self, i: usize, now: &mut Option<u64>) -> bool {
+        let Some(h) = self.health.get(i) else {
+            return true;
         };
-        self.addrs.get(n % self.addrs.len()).copied()
+        if h.fails.load(Ordering::Relaxed) < self.max_fails {
+            return true;
+        }
+        let now = *now.get_or_insert_with(|| self.clock_ms());
+        now >= h.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// The latest attempt of `tried` connected: its address is back in
+    /// rotation (a store only when it had failures).
+    pub fn connected(&self, tried: &Tried) {
+        if let Some(h) = self.health.get(tried.last) {
+            if h.fails.load(Ordering::Relaxed) != 0 {
+                h.fails.store(0, Ordering::Relaxed);
+                h.down_until_ms.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The latest attempt of `tried` failed to connect: one more failure
+    /// for its address (out for `fail_timeout` from the `max_fails`-th on).
+    /// Whether an address is left that this request has not tried.
+    pub fn connect_failed(&self, tried: &Tried) -> bool {
+        if let Some(h) = self.health.get(tried.last) {
+            let fails = h.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            if fails >= self.max_fails {
+                let until = self.clock_ms() + self.fail_timeout.as_millis() as u64;
+                h.down_until_ms.store(until, Ordering::Relaxed);
+            }
+        }
+        tried.count() < self.addrs.len().min(MAX_UPSTREAM_ADDRS)
+    }
+
+    /// Each address with whether it is in rotation (for the metrics): out
+    /// from its `max_fails`-th consecutive failure until a connect to it
+    /// succeeds.
+    pub fn health(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+        self.addrs.iter().enumerate().map(|(i, a)| {
+            let up = self
+                .health
+                .get(i)
+                .is_none_or(|h| h.fails.load(Ordering::Relaxed) < self.max_fails);
+            (*a, up)
+        })
     }
 }
 
@@ -956,6 +1063,7 @@ fn build_server(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> Option<Se
             max_bytes: max_header_bytes,
         },
         tls,
+        direct_path: s.direct_path.unwrap_or(true),
     })
 }
 
@@ -1031,6 +1139,34 @@ fn build_upstream(
     };
     let connect_timeout = timeout("connect_timeout", &u.connect_timeout, 2);
     let read_timeout = timeout("read_timeout", &u.read_timeout, 60);
+    let fail_timeout = timeout("fail_timeout", &u.fail_timeout, 10);
+    if u.fail_timeout.is_some() && fail_timeout.is_zero() && ok {
+        issues.at(at("fail_timeout"), "fail_timeout must be more than 0s");
+        ok = false;
+    }
+    let max_fails = match u.max_fails {
+        None => 1,
+        Some(n) if (1..=1000).contains(&n) => n as u32,
+        Some(n) => {
+            issues.at(
+                at("max_fails"),
+                format!("max_fails must be 1 to 1000 (got {n})"),
+            );
+            ok = false;
+            1
+        }
+    };
+    if addrs.len() > MAX_UPSTREAM_ADDRS {
+        issues.at(
+            at("addrs"),
+            format!(
+                "an upstream may have at most {MAX_UPSTREAM_ADDRS} addresses (these resolve to {})",
+                addrs.len()
+            ),
+        );
+        ok = false;
+    }
+    let n_addrs = addrs.len();
     let sni = u.sni.clone().unwrap_or_else(|| {
         u.addrs
             .first()
@@ -1045,7 +1181,11 @@ fn build_upstream(
         sni,
         connect_timeout,
         read_timeout,
+        max_fails,
+        fail_timeout,
         pool: Default::default(),
+        health: (0..n_addrs).map(|_| AddrHealth::default()).collect(),
+        born: std::time::Instant::now(),
         next: AtomicUsize::new(0),
     })
 }

@@ -351,10 +351,11 @@ fn bodies_are_relayed_as_framed_and_hop_by_hop_fields_stay_behind() {
         "bad_gateway",
         "upstream_error",
     );
-    // /trailer, /both and /old shared one upstream connection (the 1.0
-    // answer ended it); /big, /big-chunked and /two-lengths the second (its
-    // bad answer ended it); /garbage a third
+    // /trailer and /both shared one upstream connection (a length beside
+    // chunked ends it: RFC 9112 §6.3); /old the second (the 1.0 answer
+    // ended it); /big, /big-chunked and /two-lengths the third (its bad
+    // answer ended it); /garbage a fourth
     assert_eq!(up.requests(), 7);
-    assert_eq!(up.conns(), 3);
+    assert_eq!(up.conns(), 4);
     assert_eq!(paths(&gw), (7.0, 0.0));
 }

@@ -90,6 +90,9 @@ pub struct ServerFile {
     pub request_header_timeout: Option<String>,
     /// Longest request head in bytes (431).
     pub max_header_bytes: Option<usize>,
+    /// The bodyless HTTP/1.1 fast path (default true; false: every request
+    /// through pingora-proxy).
+    pub direct_path: Option<bool>,
 }
 
 /// TLS termination files.
@@ -133,6 +136,10 @@ pub struct UpstreamFile {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    /// Consecutive connect failures that take an address out (nginx's name).
+    pub max_fails: Option<i64>,
+    /// How long an address that failed stays out (nginx's name).
+    pub fail_timeout: Option<String>,
 }
 
 /// `[issuers.NAME]`.
