@@ -59,6 +59,8 @@ const GENERAL_ONLY: [&str; 11] = [
 
 /// Most headers in a head the direct path takes (more: the general path).
 const MAX_HEADERS: usize = 64;
+/// Most proxy-set forwarding fields in a head the direct path takes.
+const MAX_PROXY_SET: usize = 4;
 /// Most headers in an upstream response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// Largest upstream response head, as pingora's (`MAX_HEADER_SIZE`).
@@ -80,6 +82,10 @@ pub struct Parsed {
     target: (u32, u32),
     /// The client's first `X-Forwarded-For`.
     xff: Option<(u32, u32)>,
+    /// Forwarding fields only a trusted proxy may set
+    /// ([`identity::is_proxy_set`]): forwarded from a trusted peer only.
+    proxy_set: [(u32, u32, u32, u32); MAX_PROXY_SET],
+    proxy_sets: usize,
     /// The client sent `Connection: close`.
     close: bool,
 }
@@ -105,6 +111,8 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
     let mut kept = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut n_kept = 0;
     let mut xff = None;
+    let mut proxy_set = [(0u32, 0u32, 0u32, 0u32); MAX_PROXY_SET];
+    let mut proxy_sets = 0;
     let mut close = false;
     let (method, target, is_head) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -152,6 +160,14 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
             let n = offset(&head, name.as_bytes());
             let v = offset(&head, h.value);
             let entry = (n, n + name.len() as u32, v, v + h.value.len() as u32);
+            if identity::is_proxy_set(name) {
+                match proxy_set.get_mut(proxy_sets) {
+                    Some(p) => *p = entry,
+                    None => return Err(head),
+                }
+                proxy_sets += 1;
+                continue;
+            }
             if let Some(k) = kept.get_mut(n_kept) {
                 *k = entry;
                 n_kept += 1;
@@ -203,6 +219,8 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
         method,
         target,
         xff,
+        proxy_set,
+        proxy_sets,
         close,
     })
 }
@@ -666,6 +684,11 @@ fn request_head(gw: &Gateway, req: &Parsed, ctx: &Ctx, out: &mut Vec<u8>) -> Res
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for &(ns, ne, vs, ve) in req.forward.iter().take(req.forwarded) {
         line(out, span(&req.buf, (ns, ne)), span(&req.buf, (vs, ve)));
+    }
+    if req.proxy_sets > 0 && Gateway::peer_trusted(ctx) {
+        for &(ns, ne, vs, ve) in req.proxy_set.iter().take(req.proxy_sets) {
+            line(out, span(&req.buf, (ns, ne)), span(&req.buf, (vs, ve)));
+        }
     }
     let xff = req
         .xff

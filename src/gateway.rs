@@ -518,6 +518,15 @@ impl Gateway {
         }
     }
 
+    /// Whether the client's peer is in `trusted_proxies`.
+    pub fn peer_trusted(ctx: &Ctx) -> bool {
+        ctx.peer.is_some_and(|peer| {
+            ctx.rt
+                .as_ref()
+                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)))
+        })
+    }
+
     /// The headers the gateway adds to a forwarded request (the client's
     /// copies of them are already gone): `X-Forwarded-For`/`-Proto`, the
     /// identity, the route's claim headers and the signed assertion.
@@ -529,10 +538,7 @@ impl Gateway {
         out: &mut impl HeaderSink,
     ) -> Result<()> {
         if let Some(peer) = ctx.peer {
-            let trusted = ctx
-                .rt
-                .as_ref()
-                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)));
+            let trusted = Self::peer_trusted(ctx);
             let existing = client_xff.filter(|s| !s.trim().is_empty());
             let peer = identity::IpText::new(peer);
             match (trusted, existing) {
@@ -873,14 +879,20 @@ fn has_body(headers: &http::HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Removes every client-sent header the gateway owns (`X-Auth-*` and every
-/// route-mapped header), whatever its case, on every route.
-fn strip_reserved(req: &mut RequestHeader, rt: &Runtime) {
+/// Removes every client-sent header the gateway owns (`X-Auth-*`, every
+/// route-mapped header, the `_` spellings and overrides
+/// [`identity::is_reserved_name`] lists), whatever its case, on every
+/// route; and, from a peer outside `trusted_proxies`, the forwarding
+/// fields only a proxy may set ([`identity::is_proxy_set`]).
+fn strip_reserved(req: &mut RequestHeader, rt: &Runtime, trusted: bool) {
     loop {
         let found = req
             .headers
             .keys()
-            .find(|n| identity::is_reserved(n, &rt.mapped_headers))
+            .find(|n| {
+                identity::is_reserved(n, &rt.mapped_headers)
+                    || (!trusted && identity::is_proxy_set(n.as_str()))
+            })
             .cloned();
         match found {
             Some(name) => {
@@ -914,7 +926,9 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        strip_reserved(session.req_header_mut(), &rt);
+        let trusted =
+            peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
+        strip_reserved(session.req_header_mut(), &rt, trusted);
         let req = session.req_header();
         let mut verdict = self.begin(req, req.raw_path(), peer, rt, ctx);
         let needs_body = ctx

@@ -249,9 +249,41 @@ pub fn is_reserved_name(name: &str, mapped: &[HeaderName]) -> bool {
     let n = name.as_bytes();
     n.get(..7).is_some_and(|p| same(b"x-auth-", p))
         || mapped.iter().any(|m| same(m.as_str().as_bytes(), n))
+        || OVERRIDES.iter().any(|m| same(m.as_bytes(), n))
         || (memchr::memchr(b'_', n).is_some()
             && (UNDERSCORE_ALIASED.iter().any(|m| same(m.as_bytes(), n))
                 || n.get(..12).is_some_and(|p| same(b"x-forwarded-", p))))
+}
+
+/// Fields some frameworks read in place of the request line: a URL
+/// (Symfony and IIS's `X-Original-URL`, `X-Rewrite-URL`) or a method
+/// (`X-HTTP-Method-Override` and kin). A client's copy would make the
+/// backend serve a path or method other than the one the route was
+/// chosen for, so no client's copy reaches it.
+const OVERRIDES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Forwarding fields that only a proxy in front may set: a backend that
+/// trusts them takes its host (`X-Forwarded-Host`, `Forwarded`), port,
+/// path prefix or client address (`X-Real-IP`) from them. They reach the
+/// upstream only from a peer in `trusted_proxies`.
+const PROXY_SET: [&str; 6] = [
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Whether `name` (any case) is one of [`PROXY_SET`].
+pub fn is_proxy_set(name: &str) -> bool {
+    PROXY_SET.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
 /// Framing, routing and forwarding fields whose `_` spellings a
@@ -381,6 +413,12 @@ mod tests {
         ] {
             assert!(!is_reserved_name(n, &[]), "{n}");
         }
+        for n in ["X-Original-URL", "x_rewrite_url", "X-HTTP-Method-Override"] {
+            assert!(is_reserved_name(n, &[]), "{n}");
+        }
+        assert!(super::is_proxy_set("X-Forwarded-Host"));
+        assert!(super::is_proxy_set("forwarded"));
+        assert!(!super::is_proxy_set("X-Forwarded-For"));
     }
 
     use super::*;

@@ -215,10 +215,12 @@ pub fn host_of(host_header: Option<&str>) -> &str {
 
 /// Whether `text` is an authority a host can be routed on (RFC 3986
 /// §3.2): a reg-name or IP literal and an optional port, with no
-/// userinfo (`www.local@admin.local` names two hosts to two parsers) and
-/// nothing else.
+/// userinfo (`www.local@admin.local` names two hosts to two parsers), no
+/// percent-encoding (a backend that decodes it sees another name) and no
+/// empty label (`a..b`, which nginx refuses), and nothing else.
 pub fn valid_authority(text: &str) -> bool {
     !text.is_empty()
+        && !text.contains("..")
         && text.bytes().all(|b| {
             b.is_ascii_alphanumeric()
                 || matches!(
@@ -226,7 +228,6 @@ pub fn valid_authority(text: &str) -> bool {
                     b'-' | b'.'
                         | b'_'
                         | b'~'
-                        | b'%'
                         | b'!'
                         | b'$'
                         | b'&'
@@ -331,6 +332,8 @@ mod tests {
         assert!(!valid_authority("a b"));
         assert!(!valid_authority("a/b"));
         assert!(!valid_authority(""));
+        assert!(!valid_authority("admin%2elocal"));
+        assert!(!valid_authority("admin..local"));
         assert!(m(None, None, Some("*.example.com"), &[]).accepts("a.example.com", "GET"));
         assert!(!m(None, None, Some("*.example.com"), &[]).accepts("example.com", "GET"));
     }

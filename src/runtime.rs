@@ -1622,7 +1622,11 @@ fn build_route(
         Matcher {
             path: r.path.clone(),
             path_prefix: r.path_prefix.clone(),
-            host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            // one trailing dot, as a request's host loses it
+            host: r.host.as_ref().map(|h| {
+                let h = h.to_ascii_lowercase();
+                h.strip_suffix('.').map(str::to_string).unwrap_or(h)
+            }),
             methods,
         },
     ))
