@@ -716,7 +716,7 @@ fn request_host<'a>(req: &'a Parts, raw_target: &'a [u8]) -> std::result::Result
     }
     let header = match header {
         Some(v) => {
-            let text = v.to_str().map_err(|_| ())?;
+            let text = v.to_str().map_err(|_| ())?.trim_matches([' ', '\t']);
             router::valid_authority(text).then_some(text).ok_or(())?;
             Some(router::host_of(Some(text)))
         }

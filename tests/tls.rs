@@ -404,7 +404,7 @@ fn serve_refuses_a_key_that_does_not_match_the_certificate() {
     )
     .replace("{upstream}", &dead_addr());
     std::fs::write(dir.join("gateway.toml"), &text).unwrap();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(bin())
         .args(["serve", "--config", "gateway.toml"])
         .env(HS_ENV.0, HS_ENV.1)
         .current_dir(&dir)

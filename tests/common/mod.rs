@@ -32,6 +32,13 @@ use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 
+/// The binary the tests start: `AUTHGATE_BIN` when set (to run a test
+/// against another build, e.g. to show it fails before a fix), else the
+/// one cargo built.
+pub fn bin() -> String {
+    std::env::var("AUTHGATE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// Written straight to stderr, so it shows in the test output even when
 /// libtest captures `print!` (the Redis topology tests report what they
 /// measured this way).
@@ -551,7 +558,7 @@ impl Gateway {
         let dir = temp_dir("gw");
         let config_path = dir.join("gateway.toml");
         fs::write(&config_path, render(toml, &proxy_addr, &admin_addr)).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -660,7 +667,7 @@ impl Drop for Gateway {
 
 /// Runs the binary to completion (for `check` / `token`), with a 30 s limit.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .envs(env.iter().copied())
         .current_dir(cwd)
