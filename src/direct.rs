@@ -60,7 +60,7 @@ const GENERAL_ONLY: [&str; 11] = [
 /// Most headers in a head the direct path takes (more: the general path).
 const MAX_HEADERS: usize = 64;
 /// Most proxy-set forwarding fields in a head the direct path takes.
-const MAX_PROXY_SET: usize = 4;
+const MAX_PROXY_SET: usize = 8;
 /// Most headers in an upstream response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// Largest upstream response head, as pingora's (`MAX_HEADER_SIZE`).

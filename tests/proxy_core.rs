@@ -1182,3 +1182,69 @@ fn a_bare_lf_chunked_answer_is_reframed_with_crlf() {
     assert_eq!(up.paths(), ["/lf", "/second"]);
     assert_eq!(path_counts(&gw).1, 0.0, "took the general path");
 }
+
+/// Fields a backend routes on besides the request line: the URL and method
+/// overrides never reach the upstream; the forwarding fields only a proxy
+/// may set (`X-Forwarded-Host`, `Forwarded`, `X-Real-IP`, ...) reach it
+/// only from a peer in `trusted_proxies`. Both paths.
+#[test]
+fn override_and_proxy_set_fields_reach_the_upstream_only_as_allowed() {
+    const OVERRIDES: [(&str, &str); 5] = [
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+    ];
+    const PROXY_SET: [(&str, &str); 6] = [
+        ("X-Forwarded-Host", "admin.local"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Server", "admin.local"),
+        ("Forwarded", "host=admin.local"),
+        ("X-Real-IP", "6.6.6.6"),
+    ];
+    let extra: String = OVERRIDES
+        .iter()
+        .chain(PROXY_SET.iter())
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    for trusted in [false, true] {
+        for (direct, what) in PATHS {
+            let up = Raw::start(own);
+            let mut cfg = config(direct, &[&up.addr], "", &open_route());
+            if trusted {
+                cfg = cfg.replacen(
+                    "threads = 1\n",
+                    "threads = 1\ntrusted_proxies = [\"127.0.0.1\"]\n",
+                    1,
+                );
+            }
+            let gw = Gateway::start(&cfg, &[HS_ENV]);
+            let raw = format!("GET /o/x HTTP/1.1\r\nHost: h\r\n{extra}Connection: close\r\n\r\n");
+            let r = exchange(&gw.proxy_addr, &raw);
+            assert_eq!(r.status, 200, "{what}, trusted {trusted}");
+            let seen = up.last();
+            let has = |name: &str| {
+                seen.headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case(name))
+            };
+            for (name, _) in OVERRIDES {
+                assert!(
+                    !has(name),
+                    "{what}, trusted {trusted}: {name} reached the upstream"
+                );
+            }
+            for (name, _) in PROXY_SET {
+                assert_eq!(
+                    has(name),
+                    trusted,
+                    "{what}, trusted {trusted}: {name} at the upstream"
+                );
+            }
+            let (d, g) = path_counts(&gw);
+            assert_eq!((d > 0.0, g > 0.0), (direct, !direct), "{what}");
+        }
+    }
+}
