@@ -113,6 +113,7 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
     let mut xff = None;
     let mut proxy_set = [(0u32, 0u32, 0u32, 0u32); MAX_PROXY_SET];
     let mut proxy_sets = 0;
+    let mut seen_host = false;
     let mut close = false;
     let (method, target, is_head) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -153,6 +154,16 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
             }
             if GENERAL_ONLY.iter().any(|g| name.eq_ignore_ascii_case(g)) {
                 return Err(head);
+            }
+            if name.eq_ignore_ascii_case("host") {
+                // a second Host, or one no route can be chosen by: the
+                // general path refuses it, one answer for both paths
+                let ok = std::str::from_utf8(h.value)
+                    .is_ok_and(|v| crate::router::valid_authority(v.trim_matches([' ', '\t'])));
+                if seen_host || !ok {
+                    return Err(head);
+                }
+                seen_host = true;
             }
             if identity::is_reserved_name(name, mapped) {
                 continue;
@@ -662,6 +673,7 @@ impl Direct {
                 head_only: req.parts.method == Method::HEAD,
                 keep_client,
                 read_timeout: upstream.read_timeout,
+                wrote: false,
             }
             .run(gw, ctx, upstream, addr)
             .await;
@@ -774,6 +786,10 @@ struct Relay<'a> {
     head_only: bool,
     keep_client: bool,
     read_timeout: Duration,
+    /// Some of the final response reached the client (after that, a
+    /// failure can only close the connection; before it, the client gets a
+    /// 502, as from the general path).
+    wrote: bool,
 }
 
 /// What a response head said.
@@ -870,10 +886,14 @@ impl Relay<'_> {
                 }
                 Exchange::Relayed { status, keep }
             }
-            Err(error) => Exchange::Failed {
+            Err(error) if self.wrote => Exchange::Failed {
                 error,
                 sent: Some(status),
             },
+            Err(error) => {
+                self.bufs.out.clear();
+                Exchange::Failed { error, sent: None }
+            }
         }
     }
 
@@ -1040,6 +1060,7 @@ impl Relay<'_> {
     /// Writes what `out` holds to the client.
     async fn flush_out(&mut self) -> Result<()> {
         if !self.bufs.out.is_empty() {
+            self.wrote = true;
             let r = write_out(self.client, &self.bufs.out).await;
             self.bufs.out.clear();
             r.map_err(|e| e.into_down())?;
@@ -1094,11 +1115,15 @@ pub fn chunked_end(buf: &[u8], piece: usize) -> std::result::Result<Option<usize
 }
 
 /// Where a chunked body (RFC 9112 §7.1) is, read byte for byte as it
-/// passes through, and its framing as the client gets it: every line end
-/// written `CRLF` (an upstream's bare `LF` relayed as sent could be framed
-/// otherwise by a client or a proxy in front that reads line ends
-/// strictly), chunk extensions dropped (as pingora's re-encoding does), a
-/// bare `CR` refused. Chunk data and trailer fields pass unchanged.
+/// passes through, and its framing as the client gets it: chunk
+/// extensions dropped (as pingora's re-encoding does); a line end that is
+/// not `CRLF` (a bare `LF` or `CR`) refused, as pingora's parser refuses
+/// it, since a client or a proxy in front could frame such a body
+/// otherwise than the gateway did. Chunk data and trailer fields pass
+/// unchanged.
+/// Why a chunked body with a bare `LF` line end is refused.
+const BARE_LF: &str = "bare LF in chunked framing";
+
 #[derive(Clone, Copy, Default)]
 struct Chunked {
     state: ChunkState,
@@ -1164,11 +1189,12 @@ impl Chunked {
                         self.state = ChunkState::Ext;
                     }
                     b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
-                    b'\n' => self.line_end(out),
+                    b'\n' => return Err(BARE_LF),
                     _ => return Err("invalid chunk size"),
                 },
                 ChunkState::Ext => match b {
-                    b'\n' => self.line_end(out),
+                    b'\n' if self.cr => self.line_end(out),
+                    b'\n' => return Err(BARE_LF),
                     _ if self.cr => return Err("bare CR in a chunk size line"),
                     b'\r' => self.cr = true,
                     _ => {}
@@ -1185,10 +1211,7 @@ impl Chunked {
                 }
                 ChunkState::DataCr => match b {
                     b'\r' => self.state = ChunkState::DataLf,
-                    b'\n' => {
-                        out.extend_from_slice(b"\r\n");
-                        self.state = ChunkState::Size;
-                    }
+                    b'\n' => return Err(BARE_LF),
                     _ => return Err("chunk data longer than its size"),
                 },
                 ChunkState::DataLf => match b {
@@ -1200,10 +1223,7 @@ impl Chunked {
                 },
                 ChunkState::TrailerStart => match b {
                     b'\r' => self.state = ChunkState::EndLf,
-                    b'\n' => {
-                        out.extend_from_slice(b"\r\n");
-                        self.state = ChunkState::Done;
-                    }
+                    b'\n' => return Err(BARE_LF),
                     _ => {
                         out.push(b);
                         self.state = ChunkState::Trailer;
@@ -1217,6 +1237,7 @@ impl Chunked {
                     _ => return Err("invalid end of chunked body"),
                 },
                 ChunkState::Trailer => match b {
+                    b'\n' if !self.cr => return Err(BARE_LF),
                     b'\n' => {
                         out.extend_from_slice(b"\r\n");
                         self.cr = false;
@@ -1331,18 +1352,17 @@ mod tests {
         assert!(end_of(b"fffffffffffffffff\r\n").is_err());
     }
 
-    /// The client gets CRLF framing whatever line ends the upstream used,
-    /// in any split of its bytes.
+    /// Chunk extensions are dropped, data and trailers pass unchanged, in
+    /// any split of the bytes; a line end other than CRLF is refused.
     #[test]
-    fn chunked_framing_is_relayed_with_crlf() {
-        let cases: [(&[u8], &[u8]); 4] = [
-            (b"5\nhello\n0\n\n", b"5\r\nhello\r\n0\r\n\r\n"),
+    fn chunked_framing_is_relayed_with_crlf_only() {
+        let cases: [(&[u8], &[u8]); 3] = [
             (
-                b"5;ext=1\r\nhello\r\n0\r\nX-T: 1\n\r\n",
+                b"5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
                 b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
             ),
             (b"3\r\na\nb\r\n0\r\n\r\n", b"3\r\na\nb\r\n0\r\n\r\n"),
-            (b"0\r\n\n", b"0\r\n\r\n"),
+            (b"0\r\n\r\n", b"0\r\n\r\n"),
         ];
         for (input, want) in cases {
             for step in 1..=input.len() {
@@ -1355,9 +1375,21 @@ mod tests {
                 assert_eq!(out, want, "step {step}");
             }
         }
-        let mut c = Chunked::default();
-        assert!(c.advance(b"5\rX\nhello", &mut Vec::new()).is_err());
-        let mut c = Chunked::default();
-        assert!(c.advance(b"0\r\nX-T: a\rb\r\n", &mut Vec::new()).is_err());
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5;x\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX-T: 1\n\r\n",
+            b"5\rX\nhello",
+            b"0\r\nX-T: a\rb\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert!(
+                c.advance(bad, &mut Vec::new()).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -273,6 +273,15 @@ impl Gateway {
         {
             return self.bad_request(ctx);
         }
+        // origin-form, absolute-form, or `*` for OPTIONS (RFC 9112 §3.2):
+        // any other target (`%2f/api/x`, `;x/api`) is routed by a path
+        // the upstream never sees
+        let target_ok = raw_target.first() == Some(&b'/')
+            || (raw_target == b"*" && req.method == http::Method::OPTIONS)
+            || matches!(target_authority(raw_target), Ok(Some(_)));
+        if !target_ok {
+            return self.bad_request(ctx);
+        }
         let Ok(host) = request_host(req, raw_target) else {
             return self.bad_request(ctx);
         };
@@ -473,8 +482,12 @@ impl Gateway {
             .upstreams
             .get(i)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream for route"))?;
+        // every address tried: this is pingora retrying a pooled
+        // connection that failed on reuse (a failed connect with nothing
+        // left to try is not retried), so the same address, fresh
         let addr = up
             .pick(&mut ctx.tried)
+            .or_else(|| up.last_tried(&ctx.tried))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no address"))?;
         Ok(Box::new(self.peer_at(up, addr, ctx)))
     }
@@ -1022,6 +1035,15 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = Self::error_status(e);
+        if session.response_written().is_some() {
+            // the upstream's head is already out: a second answer would be
+            // written as its body (a 200 whose body is our 502), so the
+            // connection ends here, the response cut short
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code == 502 {
             let answer = self.upstream_error(ctx);
             let _ = self.send(session, answer).await;

@@ -73,6 +73,26 @@ enum Head {
     TooLarge,
 }
 
+/// Whether `buf` (a request head and what was read after it) holds a
+/// pipelined request behind a bodyless first one.
+fn pipelined(buf: &[u8]) -> bool {
+    let Some(end) = head_end(buf, 0) else {
+        return false;
+    };
+    if end >= buf.len() {
+        return false;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    !req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+    })
+}
+
 /// The end of a head in `buf` (after its blank line), searching from `from`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
@@ -242,8 +262,17 @@ where
             };
             drop(rt);
             self.state.metrics.path_general.inc();
+            let pipelined = pipelined(&head);
             let mut session = ServerSession::new_http1(stream);
             self.prepare(&mut session, settings.take(), shutdown);
+            if pipelined {
+                // pingora (pipelining off) answers this request and drops
+                // the ones behind it: say so (`Connection: close`), so the
+                // client sends them again (RFC 9112 §9.3.2), rather than
+                // promise keep-alive. No reuse left survives the
+                // keep-alive the request phase sets.
+                session.set_keepalive_reuses_remaining(Some(0));
+            }
             session.set_pipelined_prefix(head);
             let reused = self.inner.process_new_http(session, shutdown).await?;
             let (next, next_settings) = reused.consume();
@@ -260,6 +289,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::head_end;
+
+    #[test]
+    fn pipelined_requests_behind_a_bodyless_one_are_seen() {
+        use super::pipelined;
+        assert!(pipelined(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n"
+        ));
+        assert!(!pipelined(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!pipelined(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        ));
+    }
 
     #[test]
     fn finds_the_blank_line() {

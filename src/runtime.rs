@@ -178,6 +178,13 @@ impl Upstream {
         self.addrs.get(chosen).copied()
     }
 
+    /// The address of the latest attempt of `tried`, if any.
+    pub fn last_tried(&self, tried: &Tried) -> Option<SocketAddr> {
+        (tried.count() > 0)
+            .then(|| self.addrs.get(tried.last).copied())
+            .flatten()
+    }
+
     /// Whether address `i` is in rotation (`now`: the clock, read once and
     /// only for an address with failures).
     fn is_up(&self, i: usize, now: &mut Option<u64>) -> bool {
