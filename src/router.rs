@@ -120,6 +120,13 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
         }
         return Ok(std::borrow::Cow::Borrowed(path));
     }
+    // a `%` must start an escape: `%zz` or `%2%65` (which decodes to a
+    // new `%2e`) are read differently by every backend that reads them
+    let b = path.as_bytes();
+    let hex = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    if memchr::memchr_iter(b'%', b).any(|i| !hex(i + 1) || !hex(i + 2)) {
+        return Err(UnsafePath);
+    }
     let mut out = String::with_capacity(path.len());
     let segments: Vec<&str> = path.split('/').collect();
     let last = segments.len().saturating_sub(1);
@@ -315,7 +322,13 @@ mod tests {
         assert_eq!(normalize("/api/").unwrap(), "/api/");
         assert_eq!(normalize("/api//").unwrap(), "/api/");
         assert_eq!(normalize("/").unwrap(), "/");
-        assert_eq!(normalize("/a%20b/%zz/%4").unwrap(), "/a%20b/%zz/%4");
+        assert_eq!(normalize("/a%20b/%3B").unwrap(), "/a%20b/%3B");
+        for p in ["/%zz", "/a/%4", "/x%2%65", "/%"] {
+            assert!(normalize(p).is_err(), "{p}");
+        }
+        let p = normalize("/%2561%61").unwrap();
+        assert_eq!(p, "/%2561a");
+        assert_eq!(normalize(&p).unwrap(), p);
         assert!(normalize("/a/%2E/b").is_err());
         assert!(normalize("/a/.%2e;x/b").is_err());
     }

@@ -22,7 +22,21 @@ pub fn has_hidden_separator(p: &str) -> bool {
 
 /// Whether a path must be refused before routing.
 pub fn unsafe_path(p: &str) -> bool {
-    !(p.starts_with('/') || p == "*") || p.split('/').any(is_dot_segment) || has_hidden_separator(p)
+    !(p.starts_with('/') || p == "*")
+        || p.split('/').any(is_dot_segment)
+        || has_hidden_separator(p)
+        || bad_escape(p)
+}
+
+/// A `%` that does not start a `%XX` escape (backends read it differently,
+/// and decoding once can make a new escape: `%2%65` is `%2e`).
+pub fn bad_escape(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 fn accepts(m: &Matcher, host: &str, method: &str) -> bool {
