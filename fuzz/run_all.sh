@@ -13,7 +13,12 @@ cd "$(dirname "$0")/.."
 secs="${1:-600}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(jws cookie_session config router ratelimit_body direct_framing)
+[ ${#targets[@]} -eq 0 ] && targets=(jws cookie_session config router ratelimit_body direct_framing differential)
+# `differential` starts the release binary (AUTHGATE_BIN, default
+# target/release/authgate) twice, once per proxy path
+if [[ " ${targets[*]} " == *" differential "* ]] && [ -z "${AUTHGATE_BIN:-}" ]; then
+  cargo build --release --locked --bin authgate >/dev/null
+fi
 work="${WORK:-/tmp/authgate-fuzz}"
 mkdir -p "$work/logs"
 export RUSTC_BOOTSTRAP=1
