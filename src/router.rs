@@ -220,37 +220,48 @@ pub fn host_of(host_header: Option<&str>) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
-/// Whether `text` is an authority a host can be routed on (RFC 3986
-/// §3.2): a reg-name or IP literal and an optional port, with no
-/// userinfo (`www.local@admin.local` names two hosts to two parsers), no
-/// percent-encoding (a backend that decodes it sees another name) and no
-/// empty label (`a..b`, which nginx refuses), and nothing else.
+/// Whether `text` is an authority a host can be routed on: a host name
+/// (letters, digits, `-`, `_`, `.`), an IPv4 address or a bracketed IPv6
+/// literal, and an optional `:port`. RFC 3986 allows more in a reg-name,
+/// but each extra character is a way for two parsers to disagree on the
+/// host: userinfo (`www.local@admin.local`), a list
+/// (`admin.local,www.local`, whose first item some frameworks take),
+/// percent-encoding (a backend that decodes it sees another name), an
+/// empty label (`a..b`, which nginx refuses).
 pub fn valid_authority(text: &str) -> bool {
-    !text.is_empty()
-        && !text.contains("..")
-        && text.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'['
-                        | b']'
-                )
-        })
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) => {
+                let v6_ok = !v6.is_empty()
+                    && v6
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !v6_ok {
+                    return false;
+                }
+                match after {
+                    "" => return true,
+                    _ => match after.strip_prefix(':') {
+                        Some(p) => ("x", Some(p)),
+                        None => return false,
+                    },
+                }
+            }
+            None => return false,
+        },
+        None => match text.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 5);
+    port_ok
+        && !host.is_empty()
+        && !host.contains("..")
+        && !host.starts_with('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -347,6 +358,15 @@ mod tests {
         assert!(!valid_authority(""));
         assert!(!valid_authority("admin%2elocal"));
         assert!(!valid_authority("admin..local"));
+        assert!(!valid_authority("admin.local,www.local"));
+        assert!(!valid_authority("admin.local:80:81"));
+        assert!(!valid_authority("admin.local:8x"));
+        assert!(!valid_authority(".admin.local"));
+        assert!(valid_authority("admin.local."));
+        assert!(valid_authority("admin.local:"));
+        assert!(valid_authority("[::1]"));
+        assert!(!valid_authority("[::1]x"));
+        assert!(!valid_authority("[admin.local]"));
         assert!(m(None, None, Some("*.example.com"), &[]).accepts("a.example.com", "GET"));
         assert!(!m(None, None, Some("*.example.com"), &[]).accepts("example.com", "GET"));
     }

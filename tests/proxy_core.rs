@@ -950,8 +950,29 @@ auth = \"none\"
 /// `Host: www.local` does (200). Both paths.
 #[test]
 fn host_routing_cannot_be_dodged() {
-    let cases: [(&str, u16); 6] = [
+    let cases: [(&str, u16); 11] = [
         ("GET http://admin.local/x HTTP/1.0\r\n\r\n", 401),
+        (
+            "GET /x HTTP/1.1\r\nHost: ADMIN.local:8080\r\nConnection: close\r\n\r\n",
+            401,
+        ),
+        (
+            // pingora compares authority and Host as written: refused
+            "GET http://admin.local./x HTTP/1.1\r\nHost: admin.local\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: admin.local,www.local\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: admin%2elocal\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: admin..local\r\nConnection: close\r\n\r\n",
+            400,
+        ),
         (
             "GET /x HTTP/1.1\r\nHost: admin.local.\r\nConnection: close\r\n\r\n",
             401,
