@@ -128,9 +128,9 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, UnsafePath> {
         return Err(UnsafePath);
     }
     let mut out = String::with_capacity(path.len());
-    let segments: Vec<&str> = path.split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
+    // index of the last segment, without collecting them
+    let last = memchr::memchr_iter(b'/', path.as_bytes()).count();
+    for (i, seg) in path.split('/').enumerate() {
         // `..;x` is `..` to servlet containers (path parameters), so the
         // part before a `;` decides (Apache Shiro CVE-2020-1957 pattern)
         let seg = seg.split(';').next().unwrap_or(seg);
