@@ -30,12 +30,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authgate::auth::cache::{CachedToken, TokenCache};
-use authgate::auth::jwt::{now_unix, verify_jws};
-use authgate::auth::keys::{public_key_from_pem, secret_key, signing_key_from_pem, AlgSet, KeySet};
-use authgate::auth::session::{sign_cookie, unsign, CookieSecrets};
-use authgate::identity::{AuthMethod, Identity};
-use authgate::router::{Matcher, Router};
+use authgate::testing::cache::{CachedToken, TokenCache};
+use authgate::testing::keys::{
+    public_key_from_pem, secret_key, signing_key_from_pem, AlgSet, KeySet,
+};
+use authgate::testing::session::{sign_cookie, unsign, CookieSecrets};
+use authgate::testing::{jwt::verify_jws, now_unix};
+use authgate::testing::{AuthMethod, Identity};
+use authgate::testing::{Matcher, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -212,7 +214,7 @@ fn identity(sub: usize) -> Arc<Identity> {
 
 fn jwt(c: &mut Criterion) {
     let algs = algs();
-    let rt = authgate::config::load_str("bench.toml", &runtime_config(), Path::new(FIXTURES))
+    let rt = authgate::testing::load_str("bench.toml", &runtime_config(), Path::new(FIXTURES))
         .unwrap_or_else(|e| panic!("bench config: {e:?}"));
 
     // Uncached: the JWS envelope and one signature check.
@@ -254,12 +256,12 @@ fn jwt(c: &mut Criterion) {
         let route = rt.routes.iter().find(|r| r.name == a.route).expect("route");
         let now = now_unix();
         assert!(
-            authgate::auth::verify_token(&rt, route, &token, now).is_ok(),
+            authgate::testing::verify_token(&rt, route, &token, now).is_ok(),
             "{}",
             a.label
         );
         g.bench_function(a.label, |b| {
-            b.iter(|| authgate::auth::verify_token(&rt, route, black_box(&token), now))
+            b.iter(|| authgate::testing::verify_token(&rt, route, black_box(&token), now))
         });
     }
     g.finish();

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use authgate::auth::session::sign_cookie;
+use authgate::testing::session::sign_cookie;
 
 #[path = "harness/mod.rs"]
 mod harness;

@@ -2,7 +2,7 @@
 //! behind the admin bearer token (compared in constant time; 404 when no
 //! token is configured, so an unconfigured admin API does not exist).
 
-use crate::auth::jwt::now_unix;
+use crate::clock::now_unix;
 use crate::revocation::{Revocation, MAX_EXP_AHEAD, MAX_ID_LEN};
 use crate::runtime::Runtime;
 use crate::state::State;
@@ -270,9 +270,12 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
-                self.state
-                    .metrics
-                    .set_upstream_health(&self.state.runtime());
+                let rt = self.state.runtime();
+                let addrs = rt.upstreams.iter().flat_map(|up| {
+                    up.health()
+                        .map(move |(addr, healthy)| (up.name.as_str(), addr, healthy))
+                });
+                self.state.metrics.set_upstream_health(addrs);
                 respond(
                     200,
                     "text/plain; version=0.0.4",

@@ -2,6 +2,9 @@
 //! response. Every reason is a contract code (also the metrics label and the
 //! log field), so the status, challenge and JSON body can never drift apart.
 
+use bytes::Bytes;
+use std::borrow::Cow;
+
 /// A contract reason code. `Ok` is the label of allowed requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -176,6 +179,87 @@ impl Reason {
             Reason::Ok => "allowed",
             Reason::StoreUnavailable | Reason::KeysUnavailable | Reason::UpstreamError => "error",
             _ => "denied",
+        }
+    }
+}
+
+/// A response the gateway writes itself (a denial, a redirect, the
+/// assertion JWKS), built without a session; `proxy::respond` writes it
+/// on every transport, so all of them send the same status, fields and
+/// body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Bytes,
+    /// The request may still have a body on the wire: close after answering.
+    pub close: bool,
+}
+
+impl Answer {
+    /// A denial: status, challenge, JSON body, always with a
+    /// Content-Length (pingora#766), never cached. `close`: the connection
+    /// is closed after it.
+    pub fn deny(
+        reason: Reason,
+        extra: Vec<(&'static str, Cow<'static, str>)>,
+        close: bool,
+    ) -> Answer {
+        let r = reason.response();
+        let mut headers = Vec::with_capacity(4 + extra.len());
+        headers.push(("Content-Type", Cow::Borrowed("application/json")));
+        headers.push(("Content-Length", Cow::Owned(r.body.len().to_string())));
+        headers.push(("Cache-Control", Cow::Borrowed("no-store")));
+        if let Some(c) = r.challenge {
+            headers.push(("WWW-Authenticate", Cow::Borrowed(c)));
+        }
+        headers.extend(extra);
+        Answer {
+            status: r.status,
+            headers,
+            body: Bytes::from_static(r.body.as_bytes()),
+            close,
+        }
+    }
+
+    /// A browser's way to the login page: 302 to `location`, no body.
+    pub fn redirect(location: String, close: bool) -> Answer {
+        Answer {
+            status: 302,
+            headers: vec![
+                ("Location", Cow::Owned(location)),
+                ("Content-Length", Cow::Borrowed("0")),
+                ("Cache-Control", Cow::Borrowed("no-store")),
+            ],
+            body: Bytes::new(),
+            close,
+        }
+    }
+
+    /// A JSON document the gateway serves (the assertion JWKS).
+    pub fn json(status: u16, body: Bytes, cache_control: &'static str) -> Answer {
+        Answer {
+            status,
+            headers: vec![
+                ("Content-Type", Cow::Borrowed("application/json")),
+                ("Content-Length", Cow::Owned(body.len().to_string())),
+                ("Cache-Control", Cow::Borrowed(cache_control)),
+            ],
+            body,
+            close: false,
+        }
+    }
+
+    /// An error without a contract reason (pingora's client-fault or
+    /// internal statuses): empty body, and the connection closes.
+    pub fn error(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: vec![
+                ("Content-Length", Cow::Borrowed("0")),
+                ("Cache-Control", Cow::Borrowed("private, no-store")),
+            ],
+            body: Bytes::new(),
+            close: true,
         }
     }
 }

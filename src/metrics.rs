@@ -193,16 +193,18 @@ impl Metrics {
         self.heads_refused.with_label_values(&[reason]).inc();
     }
 
-    /// Sets the upstream health gauge from the running config (addresses
-    /// of an earlier config are dropped).
-    pub fn set_upstream_health(&self, rt: &crate::runtime::Runtime) {
+    /// Sets the upstream health gauge to `addrs` (upstream name, address,
+    /// in rotation), the running config's: addresses of an earlier config
+    /// are dropped.
+    pub fn set_upstream_health<'a>(
+        &self,
+        addrs: impl Iterator<Item = (&'a str, std::net::SocketAddr, bool)>,
+    ) {
         self.upstream_healthy.reset();
-        for up in &rt.upstreams {
-            for (addr, healthy) in up.health() {
-                self.upstream_healthy
-                    .with_label_values(&[up.name.as_str(), &addr.to_string()])
-                    .set(i64::from(healthy));
-            }
+        for (upstream, addr, healthy) in addrs {
+            self.upstream_healthy
+                .with_label_values(&[upstream, &addr.to_string()])
+                .set(i64::from(healthy));
         }
     }
 

@@ -323,11 +323,6 @@ pub fn key_for(
     ))
 }
 
-/// Why limiting failed; the route's `on_error` decides what it means.
-pub fn store_failure_reason() -> Reason {
-    Reason::StoreUnavailable
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,17 +7,19 @@ use crate::assertion::{AssertionSettings, SigningKey};
 use crate::auth::jwks::{JwksTiming, KeySource, RemoteKeys};
 use crate::auth::keys::{self, parse_alg, AlgSet, KeySet};
 use crate::auth::session::{normalize_allowed, SessionSettings};
+pub use crate::auth::Require;
 use crate::config::file::{FileConfig, IssuerFile, RouteFile, UpstreamFile};
 use crate::config::Issues;
 use crate::ratelimit::{Count, KeySpec, Limit};
 use crate::router::{Matcher, Router};
+use crate::upstream::{Upstream, MAX_UPSTREAM_ADDRS};
 use http::HeaderName;
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use pingora::utils::tls::WrappedX509;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,13 +32,22 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: Duration,
     /// Request heads: deadline from the first byte and size cap.
-    pub head: crate::head_guard::HeadLimits,
+    pub head: HeadLimits,
     /// TLS termination on `listen`: (certificate chain, private key) files.
     pub tls: Option<(String, String)>,
     /// Plain bodyless HTTP/1.1 GET/HEAD requests take the direct path
     /// (`direct.rs`); false sends everything through pingora-proxy (an
     /// operator's switch, applied on reload).
     pub direct_path: bool,
+}
+
+/// The limits a head is read under.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// From the first byte of a head to its end.
+    pub timeout: Duration,
+    /// Request line and headers, with their line ends.
+    pub max_bytes: usize,
 }
 
 /// How a route authenticates.
@@ -57,13 +68,6 @@ impl AuthMode {
             AuthMode::Session => "session",
         }
     }
-}
-
-/// A route's `require`.
-#[derive(Debug, Clone, Default)]
-pub struct Require {
-    pub roles: Vec<String>,
-    pub scopes: Vec<String>,
 }
 
 /// One compiled route.
@@ -94,150 +98,6 @@ impl Route {
     /// This route's metric handles.
     pub fn metrics(&self, m: &crate::metrics::Metrics) -> &crate::metrics::RouteMetrics {
         self.metrics.get_or_init(|| m.for_route(&self.name))
-    }
-}
-
-/// An upstream pool: addresses resolved at load time (never DNS on the
-/// request path), a round-robin cursor and each address's passive health.
-#[derive(Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub addrs: Vec<SocketAddr>,
-    pub tls: bool,
-    pub sni: String,
-    /// Trust anchors for the upstream's certificate (default: system roots).
-    pub ca: Option<Arc<[WrappedX509]>>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    /// Consecutive connect failures that take an address out of rotation.
-    pub max_fails: u32,
-    /// How long an address stays out before it is tried again.
-    pub fail_timeout: Duration,
-    /// Idle keep-alive connections of the direct path (this config's
-    /// generation only: a reload starts with none).
-    pub pool: crate::direct::IdlePool,
-    /// Per address (same index as `addrs`).
-    health: Vec<AddrHealth>,
-    /// The clock `AddrHealth::down_until_ms` counts from.
-    born: std::time::Instant,
-    next: AtomicUsize,
-}
-
-/// Most addresses one upstream may have ([`Tried`] is a bit per address).
-pub const MAX_UPSTREAM_ADDRS: usize = 64;
-
-/// One address's passive health: consecutive connect failures, and when
-/// its backoff ends (ms since `Upstream::born`).
-#[derive(Debug, Default)]
-struct AddrHealth {
-    fails: std::sync::atomic::AtomicU32,
-    down_until_ms: AtomicU64,
-}
-
-/// The addresses one request has tried, so a retry after a failed
-/// connect never goes to the same address twice.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tried {
-    mask: u64,
-    /// Where this request's round-robin walk starts.
-    start: Option<usize>,
-    /// The address of the latest attempt.
-    last: usize,
-}
-
-impl Tried {
-    /// Connect attempts so far.
-    pub fn count(&self) -> usize {
-        self.mask.count_ones() as usize
-    }
-}
-
-impl Upstream {
-    /// The address for this request's next connect attempt: the next one in
-    /// round-robin order that it has not tried and that is not backing off;
-    /// when every untried address is backing off, the first of those (a
-    /// request is never refused for health alone). `None` once every
-    /// address was tried.
-    pub fn pick(&self, tried: &mut Tried) -> Option<SocketAddr> {
-        let n = self.addrs.len().min(MAX_UPSTREAM_ADDRS);
-        if n == 0 || tried.count() >= n {
-            return None;
-        }
-        let start = *tried
-            .start
-            .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) % n);
-        let untried = |i: usize| tried.mask & (1u64 << i) == 0;
-        let mut now = None;
-        let order = (0..n).map(|k| (start + k) % n);
-        let chosen = order
-            .clone()
-            .find(|&i| untried(i) && self.is_up(i, &mut now))
-            .or_else(|| order.clone().find(|&i| untried(i)))?;
-        tried.mask |= 1u64 << chosen;
-        tried.last = chosen;
-        self.addrs.get(chosen).copied()
-    }
-
-    /// The address of the latest attempt of `tried`, if any.
-    pub fn last_tried(&self, tried: &Tried) -> Option<SocketAddr> {
-        (tried.count() > 0)
-            .then(|| self.addrs.get(tried.last).copied())
-            .flatten()
-    }
-
-    /// Whether address `i` is in rotation (`now`: the clock, read once and
-    /// only for an address with failures).
-    fn is_up(&self, i: usize, now: &mut Option<u64>) -> bool {
-        let Some(h) = self.health.get(i) else {
-            return true;
-        };
-        if h.fails.load(Ordering::Relaxed) < self.max_fails {
-            return true;
-        }
-        let now = *now.get_or_insert_with(|| self.clock_ms());
-        now >= h.down_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn clock_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
-    }
-
-    /// The latest attempt of `tried` connected: its address is back in
-    /// rotation (a store only when it had failures).
-    pub fn connected(&self, tried: &Tried) {
-        if let Some(h) = self.health.get(tried.last) {
-            if h.fails.load(Ordering::Relaxed) != 0 {
-                h.fails.store(0, Ordering::Relaxed);
-                h.down_until_ms.store(0, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// The latest attempt of `tried` failed to connect: one more failure
-    /// for its address (out for `fail_timeout` from the `max_fails`-th on).
-    /// Whether an address is left that this request has not tried.
-    pub fn connect_failed(&self, tried: &Tried) -> bool {
-        if let Some(h) = self.health.get(tried.last) {
-            let fails = h.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-            if fails >= self.max_fails {
-                let until = self.clock_ms() + self.fail_timeout.as_millis() as u64;
-                h.down_until_ms.store(until, Ordering::Relaxed);
-            }
-        }
-        tried.count() < self.addrs.len().min(MAX_UPSTREAM_ADDRS)
-    }
-
-    /// Each address with whether it is in rotation (for the metrics): out
-    /// from its `max_fails`-th consecutive failure until a connect to it
-    /// succeeds.
-    pub fn health(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
-        self.addrs.iter().enumerate().map(|(i, a)| {
-            let up = self
-                .health
-                .get(i)
-                .is_none_or(|h| h.fails.load(Ordering::Relaxed) < self.max_fails);
-            (*a, up)
-        })
     }
 }
 
@@ -1065,7 +925,7 @@ fn build_server(cfg: &FileConfig, base: &Path, issues: &mut Issues) -> Option<Se
         threads,
         trusted_proxies: trusted,
         grace_period,
-        head: crate::head_guard::HeadLimits {
+        head: HeadLimits {
             timeout: head_timeout,
             max_bytes: max_header_bytes,
         },
@@ -1173,27 +1033,22 @@ fn build_upstream(
         );
         ok = false;
     }
-    let n_addrs = addrs.len();
     let sni = u.sni.clone().unwrap_or_else(|| {
         u.addrs
             .first()
             .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
             .unwrap_or_default()
     });
-    ok.then(|| Upstream {
-        name: name.to_string(),
-        addrs,
-        tls: u.tls,
-        ca,
-        sni,
-        connect_timeout,
-        read_timeout,
-        max_fails,
-        fail_timeout,
-        pool: Default::default(),
-        health: (0..n_addrs).map(|_| AddrHealth::default()).collect(),
-        born: std::time::Instant::now(),
-        next: AtomicUsize::new(0),
+    ok.then(|| {
+        let mut up = Upstream::new(name.to_string(), addrs);
+        up.tls = u.tls;
+        up.ca = ca;
+        up.sni = sni;
+        up.connect_timeout = connect_timeout;
+        up.read_timeout = read_timeout;
+        up.max_fails = max_fails;
+        up.fail_timeout = fail_timeout;
+        up
     })
 }
 

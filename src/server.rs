@@ -2,10 +2,11 @@
 //! listener, built from a loaded runtime.
 
 use crate::admin::AdminApp;
-use crate::direct::Direct;
-use crate::gateway::Gateway;
-use crate::head_guard::HeadGuard;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::proxy::direct::Direct;
+use crate::proxy::general::General;
+use crate::proxy::listener::HeadGuard;
 use crate::runtime::Runtime;
 use crate::state::State;
 use crate::watch::{JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader};
@@ -68,8 +69,10 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
 
     let gateway = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway {
-            state: state.clone(),
+        General {
+            pipeline: Pipeline {
+                state: state.clone(),
+            },
         },
     );
     let mut proxy = Service::new(
@@ -77,7 +80,7 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
         HeadGuard::new(
             gateway,
             Direct {
-                gateway: Gateway {
+                pipeline: Pipeline {
                     state: state.clone(),
                 },
                 connector: TransportConnector::new(None),

@@ -3,7 +3,7 @@
 //! work, and they stop with the server's shutdown signal.
 
 use crate::auth::jwks::KeySource;
-use crate::auth::jwt::now_unix;
+use crate::clock::now_unix;
 use crate::revocation::Revocation;
 use crate::state::State;
 use crate::store::redis::RedisStore;

@@ -7,15 +7,15 @@
 //!
 //! In-process (no gateway), so each property runs in well under ten seconds.
 
-use authgate::auth::bearer;
-use authgate::auth::jwt::{check_claims, claims_of, parse, verify_jws, ClaimRules};
-use authgate::auth::keys::{
+use authgate::testing::bearer;
+use authgate::testing::jwt::{check_claims, claims_of, parse, verify_jws, ClaimRules};
+use authgate::testing::keys::{
     keys_from_jwks, pem_kind, public_key_from_pem, secret_key, AlgSet, KeySet,
 };
-use authgate::auth::session::{
+use authgate::testing::session::{
     cookie, csrf_ok, parse_session, sign_cookie, unsign, SessionSettings, MAX_COOKIE_LEN,
 };
-use authgate::denial::Reason;
+use authgate::testing::Reason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};

@@ -7,10 +7,10 @@
 //!
 //! In-process (no gateway), so each property runs in well under ten seconds.
 
-use authgate::config::load_str;
-use authgate::denial::Reason;
-use authgate::ratelimit::{key_for, BodyPrefix, KeySpec};
-use authgate::router::{host_of, normalize, Matcher, Router};
+use authgate::testing::load_str;
+use authgate::testing::Reason;
+use authgate::testing::{host_of, normalize, Matcher, Router};
+use authgate::testing::{key_for, BodyPrefix, KeySpec};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use std::net::IpAddr;
@@ -142,7 +142,7 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn load(text: &str) -> Result<(), authgate::config::ConfigErrors> {
+fn load(text: &str) -> Result<(), authgate::testing::ConfigErrors> {
     ENV.call_once(|| {
         std::env::set_var("PROP_HS_SECRET", "proptest-config-secret-0123456789abcdef");
         std::env::set_var("PROP_SESSION_SECRET", "proptest-session-secret-0123456789");

@@ -21,7 +21,7 @@
 
 mod common;
 
-use authgate::auth::session::sign_cookie;
+use authgate::testing::session::sign_cookie;
 use common::cluster::{subscribers, tracking_clients, RedisCluster, RedisNode};
 use common::*;
 use serde_json::{json, Value};

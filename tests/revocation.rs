@@ -541,7 +541,7 @@ fn session_revocation_destroys_the_session_on_both_instances() {
     assert_eq!(p.redis.cmd(&["SET", &format!("sess:{sid}"), value]), "OK");
     let signed = session_cookie(&sid, SESSION_SECRET);
     assert_eq!(
-        authgate::auth::session::sign_cookie(&sid, SESSION_SECRET.as_bytes()),
+        authgate::testing::session::sign_cookie(&sid, SESSION_SECRET.as_bytes()),
         signed,
         "the lib's sign_cookie and the test's express-session signature differ"
     );

@@ -3,8 +3,8 @@
 //! every invalid vector must be rejected by authgate's JWS verification, and
 //! every valid one whose algorithm authgate supports must verify.
 
-use authgate::auth::jwt::verify_jws;
-use authgate::auth::keys::{keys_from_jwks, AlgSet, ALL_ALGS};
+use authgate::testing::jwt::verify_jws;
+use authgate::testing::keys::{keys_from_jwks, AlgSet, ALL_ALGS};
 use serde_json::Value;
 
 /// Vectors that are defective in Wycheproof itself (other projects skip the

@@ -30,8 +30,8 @@ use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use authgate::auth::keys::signing_key_from_pem;
-use authgate::auth::session::sign_cookie;
+use authgate::testing::keys::signing_key_from_pem;
+use authgate::testing::session::sign_cookie;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 fn main() {

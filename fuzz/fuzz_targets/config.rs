@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let base = std::path::Path::new("/nonexistent-authgate-fuzz");
-    match authgate::config::load_str("fuzz.toml", text, base) {
+    match authgate::testing::load_str("fuzz.toml", text, base) {
         Ok(_) => {}
         Err(e) => {
             assert!(!e.errors.is_empty(), "Err without any error");

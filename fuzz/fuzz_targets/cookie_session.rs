@@ -4,7 +4,7 @@
 //! Cookie header, Origin, Referer, Host, Sec-Fetch-Site, then the stored JSON.
 #![no_main]
 
-use authgate::auth::session::{cookie, csrf_ok, parse_session, unsign, SessionSettings};
+use authgate::testing::session::{cookie, csrf_ok, parse_session, unsign, SessionSettings};
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};

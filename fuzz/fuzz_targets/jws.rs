@@ -6,8 +6,8 @@
 //! token that verifies without the key would be a finding.
 #![no_main]
 
-use authgate::auth::jwt::{check_claims, claims_of, parse, verify_jws, ClaimRules};
-use authgate::auth::keys::{keys_from_jwks, public_key_from_pem, secret_key, AlgSet, KeySet};
+use authgate::testing::jwt::{check_claims, claims_of, parse, verify_jws, ClaimRules};
+use authgate::testing::keys::{keys_from_jwks, public_key_from_pem, secret_key, AlgSet, KeySet};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
             ),
             "verified with alg {alg:?}"
         );
-        let a = authgate::auth::keys::parse_alg(&alg).expect("a known alg");
+        let a = authgate::testing::keys::parse_alg(&alg).expect("a known alg");
         assert!(
             set.keys.iter().any(|k| k.algs.contains(a)
                 && jsonwebtoken::crypto::verify(parts[2], signing_input.as_bytes(), &k.key, a)

@@ -7,7 +7,7 @@
 //! is refused (`bad_request`).
 #![no_main]
 
-use authgate::ratelimit::{key_for, BodyPrefix, KeySpec};
+use authgate::testing::{key_for, BodyPrefix, KeySpec};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -71,7 +71,7 @@ fuzz_target!(|input: Input| {
         // only a form field with two different values is refused
         Err(e) => {
             assert!(matches!(spec, KeySpec::Form(_)), "{spec:?} refused: {e:?}");
-            assert_eq!(e, authgate::denial::Reason::BadRequest);
+            assert_eq!(e, authgate::testing::Reason::BadRequest);
             assert!(input.complete, "a body prefix refused");
             return;
         }

@@ -4,7 +4,7 @@
 //! `host` or `methods` don't match is skipped).
 #![no_main]
 
-use authgate::router::{host_of, normalize, Matcher, Router};
+use authgate::testing::{host_of, normalize, Matcher, Router};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

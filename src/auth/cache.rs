@@ -97,14 +97,6 @@ impl SessionCache {
             self.invalidate(None);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// A verified token, as cached.

@@ -202,18 +202,11 @@ pub fn claims_of(payload: &[u8]) -> Result<Map<String, Value>, Reason> {
     }
 }
 
-/// Current unix time in seconds.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::keys::secret_key;
+    use crate::clock::now_unix;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn keys() -> KeySet {

@@ -22,9 +22,6 @@ pub struct MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
     async fn get_session(&self, _key: &str) -> Result<Option<SessionRecord>, StoreError> {
         Err(StoreError::Unsupported("sessions"))
     }

@@ -30,8 +30,6 @@ pub enum StoreError {
 /// Shared state operations.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// `memory` or `redis` (logs, readiness).
-    fn kind(&self) -> &'static str;
     /// Reads a session by its full key.
     async fn get_session(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Re-arms a session key's TTL (rolling sessions).

@@ -231,11 +231,6 @@ fn with_resp3(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// A single-node store; connects on first use.
-    pub fn new(url: &str) -> Result<RedisStore, StoreError> {
-        Self::with_topology(Topology::Single(url.to_string()), Access::default())
-    }
-
     /// A store of any topology; validates URLs, connects on first use.
     pub fn with_topology(topology: Topology, access: Access) -> Result<RedisStore, StoreError> {
         let db = match &topology {
@@ -524,10 +519,6 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
     async fn get_session(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.conn().await?;
         // One command (a script), not a pipeline: a cluster slot being
@@ -599,7 +590,7 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(member)
             .arg(value)
-            .arg(crate::auth::jwt::now_unix())
+            .arg(crate::clock::now_unix())
             .arg(&self.channel)
             .arg(msg)
             .invoke_async::<()>(&mut conn)

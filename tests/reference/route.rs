@@ -3,7 +3,7 @@
 //! (`tests/proptest_routing.rs`) and the `router` fuzz target compare the
 //! router with. One copy, included by both with `#[path]`.
 
-use authgate::router::Matcher;
+use authgate::testing::Matcher;
 
 /// A segment a backend may resolve as `.` or `..`: also encoded (`%2e`) and
 /// with path parameters (`..;x`, as servlet containers read it).

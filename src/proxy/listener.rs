@@ -1,5 +1,6 @@
-//! Request heads under a deadline and a size cap, before pingora parses
-//! them. pingora 0.9 times out each read of a head (60 s) but not the head
+//! The listener: request heads under a deadline and a size cap, before
+//! pingora parses them, and the choice of transport for each (direct or
+//! general). pingora 0.9 times out each read of a head (60 s) but not the head
 //! as a whole, and takes heads up to 1 MiB: a client trickling one byte
 //! every few seconds held a connection for hours (slowloris,
 //! docs/security.md F4), and a 512 KB header was forwarded to backends that
@@ -11,7 +12,9 @@
 //! read and no byte is read twice or lost.
 
 use crate::denial::Reason;
-use crate::direct::{self, Direct};
+use crate::proxy::direct::{self, Direct};
+use crate::proxy::respond::refuse;
+use crate::runtime::HeadLimits;
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -21,28 +24,14 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// How long a connection may sit idle before its next request (the first
 /// byte of a head), as pingora's keep-alive timeout.
 const IDLE: Duration = Duration::from_secs(60);
-/// Longest wait to deliver a 408/431 to a client that does not read, and
-/// to drain what it is still sending.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most bytes drained after a refusal before closing anyway.
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
-
-/// The limits a head is read under.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    /// From the first byte of a head to its end.
-    pub timeout: Duration,
-    /// Request line and headers, with their line ends.
-    pub max_bytes: usize,
-}
 
 /// A pingora HTTP app (the proxy) behind the head guard, and the direct
-/// path that plain bodyless requests take instead (`direct.rs`).
+/// transport that plain bodyless requests take instead (`proxy::direct`).
 pub struct HeadGuard<A> {
     inner: Arc<A>,
     direct: Direct,
@@ -147,42 +136,6 @@ async fn read_head(stream: &mut Stream, limits: HeadLimits, shutdown: &ShutdownW
             Ok(_) => return Head::Gone,
         }
     }
-}
-
-/// Answers a refused head and closes: the client learns why (408, 431)
-/// instead of seeing a reset.
-async fn refuse(mut stream: Stream, reason: Reason) {
-    // the same status, body and headers as every other denial
-    let r = reason.response();
-    let text = http::StatusCode::from_u16(r.status)
-        .ok()
-        .and_then(|c| c.canonical_reason())
-        .unwrap_or("");
-    let answer = format!(
-        "HTTP/1.1 {} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
-        r.status,
-        r.body.len(),
-        r.body
-    );
-    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
-        if stream.write_all(answer.as_bytes()).await.is_err() {
-            return;
-        }
-        let _ = stream.flush().await;
-        let _ = stream.shutdown().await;
-        // Lingering close (as nginx's): read what the client is still
-        // sending, so closing with unread bytes doesn't reset the connection
-        // and destroy the answer before the client reads it.
-        let mut sink = [0u8; 8192];
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(n) if n > 0 => drained += n,
-                _ => break,
-            }
-        }
-    })
-    .await;
 }
 
 impl<A: HttpServerApp> HeadGuard<A> {
