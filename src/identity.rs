@@ -247,64 +247,103 @@ pub fn is_reserved_name(name: &str, mapped: &[HeaderName]) -> bool {
                 .all(|(&m, &n)| m == n.to_ascii_lowercase() || (m == b'-' && n == b'_'))
     }
     let n = name.as_bytes();
+    let underscored = memchr::memchr(b'_', n).is_some();
+    let rules = if underscored {
+        OVERRIDE | UNDERSCORE
+    } else {
+        OVERRIDE
+    };
     n.get(..7).is_some_and(|p| same(b"x-auth-", p))
         || mapped.iter().any(|m| same(m.as_str().as_bytes(), n))
-        || OVERRIDES.iter().any(|m| same(m.as_bytes(), n))
-        || (memchr::memchr(b'_', n).is_some()
-            && (UNDERSCORE_ALIASED.iter().any(|m| same(m.as_bytes(), n))
-                || n.get(..12).is_some_and(|p| same(b"x-forwarded-", p))))
+        || HEADER_RULES
+            .iter()
+            .any(|&(m, r)| r & rules != 0 && same(m.as_bytes(), n))
+        || (underscored && n.get(..12).is_some_and(|p| same(b"x-forwarded-", p)))
 }
 
-/// Fields some frameworks read in place of the request line: a URL
-/// (Symfony and IIS's `X-Original-URL`, `X-Rewrite-URL`) or a method
-/// (`X-HTTP-Method-Override` and kin). A client's copy would make the
-/// backend serve a path or method other than the one the route was
-/// chosen for, so no client's copy reaches it.
-const OVERRIDES: [&str; 5] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+/// The one list of header names the gateway has a rule for, and which
+/// rules: both transports, the config check and the identity writer read
+/// it, so a name cannot be stripped on one path and passed on the other.
+/// A name may carry several rules.
+pub const HEADER_RULES: &[(&str, u16)] = &[
+    ("content-length", UNDERSCORE | PROTECTED | DIRECT_REFUSES),
+    ("transfer-encoding", UNDERSCORE | PROTECTED | DIRECT_REFUSES),
+    ("host", UNDERSCORE | PROTECTED),
+    ("connection", UNDERSCORE | PROTECTED | RESPONSE_HOP),
+    (
+        "keep-alive",
+        UNDERSCORE | PROTECTED | DIRECT_REFUSES | RESPONSE_HOP,
+    ),
+    (
+        "proxy-connection",
+        UNDERSCORE | PROTECTED | DIRECT_REFUSES | RESPONSE_HOP,
+    ),
+    ("te", UNDERSCORE | PROTECTED | DIRECT_REFUSES),
+    ("trailer", UNDERSCORE | PROTECTED | DIRECT_REFUSES),
+    ("upgrade", UNDERSCORE | PROTECTED | DIRECT_REFUSES),
+    ("proxy-authenticate", DIRECT_REFUSES),
+    ("proxy-authorization", DIRECT_REFUSES),
+    ("http2-settings", DIRECT_REFUSES),
+    ("expect", DIRECT_REFUSES),
+    ("forwarded", UNDERSCORE | PROXY_SET),
+    ("x-real-ip", UNDERSCORE | PROXY_SET),
+    ("x-forwarded-host", PROXY_SET),
+    ("x-forwarded-port", PROXY_SET),
+    ("x-forwarded-prefix", PROXY_SET),
+    ("x-forwarded-server", PROXY_SET),
+    ("content-type", UNDERSCORE),
+    ("authorization", PROTECTED),
+    ("cookie", PROTECTED),
+    ("x-forwarded-for", PROTECTED),
+    ("x-forwarded-proto", PROTECTED),
+    ("x-original-url", OVERRIDE),
+    ("x-rewrite-url", OVERRIDE),
+    ("x-http-method-override", OVERRIDE),
+    ("x-http-method", OVERRIDE),
+    ("x-method-override", OVERRIDE),
 ];
-
-/// Forwarding fields that only a proxy in front may set: a backend that
-/// trusts them takes its host (`X-Forwarded-Host`, `Forwarded`), port,
-/// path prefix or client address (`X-Real-IP`) from them. They reach the
-/// upstream only from a peer in `trusted_proxies`.
-const PROXY_SET: [&str; 6] = [
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "forwarded",
-    "x-real-ip",
-];
-
-/// Whether `name` (any case) is one of [`PROXY_SET`].
-pub fn is_proxy_set(name: &str) -> bool {
-    PROXY_SET.iter().any(|p| p.eq_ignore_ascii_case(name))
-}
 
 /// Framing, routing and forwarding fields whose `_` spellings a
 /// CGI/Rack-style backend reads as the real field (Puma CVE-2024-45614;
 /// nginx drops every name with `_` by default): a client's
-/// `Content_Length` or `X_Forwarded_For` never reaches the upstream. The
-/// `-` spellings are the gateway's to handle, not these.
-const UNDERSCORE_ALIASED: [&str; 12] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "forwarded",
-    "x-real-ip",
-    "proxy-connection",
-    "content-type",
-];
+/// `Content_Length` or `X_Forwarded_For` (every `X_Forwarded_*`) never
+/// reaches the upstream. The `-` spellings are the gateway's to handle.
+pub const UNDERSCORE: u16 = 1;
+/// Fields some frameworks read in place of the request line: a URL
+/// (Symfony and IIS's `X-Original-URL`, `X-Rewrite-URL`) or a method
+/// (`X-HTTP-Method-Override` and kin). A client's copy would make the
+/// backend serve a path or method other than the one the route was
+/// chosen for, so no client's copy reaches it, in any spelling.
+pub const OVERRIDE: u16 = 1 << 1;
+/// Forwarding fields only a proxy in front may set: a backend that trusts
+/// them takes its host, port, path prefix or client address from them.
+/// They reach the upstream only from a peer in `trusted_proxies`.
+pub const PROXY_SET: u16 = 1 << 2;
+/// Fields a route's claim mapping (`headers`) may not name: framing,
+/// hop-by-hop, the credentials forwarded unchanged, and the forwarding
+/// fields the gateway writes.
+pub const PROTECTED: u16 = 1 << 3;
+/// Fields that send a request to the general transport: framing,
+/// hop-by-hop fields that need stripping or nominating (RFC 9110 §7.6.1),
+/// upgrades and expectations. (`Connection: keep-alive|close` alone is
+/// the direct transport's.)
+pub const DIRECT_REFUSES: u16 = 1 << 4;
+/// Hop-by-hop fields of an upstream response that the gateway replaces
+/// with its own (`Connection`) on the direct transport.
+pub const RESPONSE_HOP: u16 = 1 << 5;
+
+/// Whether `name` (any case, `-` spelling) carries `rule`.
+pub fn has_rule(name: &str, rule: u16) -> bool {
+    HEADER_RULES
+        .iter()
+        .any(|&(n, r)| r & rule != 0 && n.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` (any case) only reaches the upstream from a trusted
+/// proxy ([`PROXY_SET`]).
+pub fn is_proxy_set(name: &str) -> bool {
+    has_rule(name, PROXY_SET)
+}
 
 /// An IP address as text in a stack buffer: IPv4 (nearly every peer) is
 /// written digit by digit, since `Display` runs the formatting machinery
@@ -390,6 +429,24 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    /// Each name once, lower case, with at least one rule: a second
+    /// entry would let one path read another rule than the other.
+    #[test]
+    fn header_rules_name_each_field_once() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, rules) in HEADER_RULES {
+            assert!(seen.insert(*name), "{name} listed twice");
+            assert_eq!(*name, name.to_ascii_lowercase());
+            assert_ne!(*rules, 0, "{name}");
+        }
+        assert!(has_rule("Transfer-Encoding", DIRECT_REFUSES));
+        assert!(has_rule("KEEP-ALIVE", RESPONSE_HOP));
+        assert!(!has_rule("connection", DIRECT_REFUSES));
+        assert!(has_rule("cookie", PROTECTED));
+        assert!(is_proxy_set("X-Forwarded-Host"));
+        assert!(!is_proxy_set("X-Forwarded-For"));
+    }
+
     #[test]
     fn underscore_spellings_of_framing_and_forwarding_are_reserved() {
         use super::is_reserved_name;

@@ -1357,10 +1357,12 @@ fn build_route(
                 format!("routes.{idx}.headers.{h}"),
                 "X-Auth-* headers are the gateway's own; map claims to another name",
             ),
-            Ok(name) if is_protected(&name) => issues.at(
-                format!("routes.{idx}.headers.{h}"),
-                format!("`{h}` cannot carry a claim"),
-            ),
+            Ok(name) if crate::identity::has_rule(name.as_str(), crate::identity::PROTECTED) => {
+                issues.at(
+                    format!("routes.{idx}.headers.{h}"),
+                    format!("`{h}` cannot carry a claim"),
+                )
+            }
             Ok(name) => headers.push((name, claim.clone())),
             Err(_) => issues.at(
                 format!("routes.{idx}.headers.{h}"),
@@ -1492,25 +1494,4 @@ fn build_route(
             methods,
         },
     ))
-}
-
-/// Headers a claim mapping must never overwrite: hop-by-hop and framing
-/// headers, and the credentials that are forwarded unchanged.
-fn is_protected(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "keep-alive"
-            | "proxy-connection"
-            | "authorization"
-            | "cookie"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-    )
 }

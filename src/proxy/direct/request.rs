@@ -13,23 +13,6 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::{Error, ErrorType, Result};
 
-/// Headers that send a request down the general path: framing, hop-by-hop
-/// fields that need stripping or nominating (RFC 9110 §7.6.1), upgrades
-/// and expectations.
-const GENERAL_ONLY: [&str; 11] = [
-    "content-length",
-    "transfer-encoding",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
-    "expect",
-];
-
 /// Most headers in a head the direct path takes (more: the general path).
 const MAX_HEADERS: usize = 64;
 /// Most proxy-set forwarding fields in a head the direct path takes.
@@ -125,7 +108,7 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
                 }
                 continue;
             }
-            if GENERAL_ONLY.iter().any(|g| name.eq_ignore_ascii_case(g)) {
+            if identity::has_rule(name, identity::DIRECT_REFUSES) {
                 return Err(head);
             }
             if name.eq_ignore_ascii_case("host") {

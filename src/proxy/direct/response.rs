@@ -8,6 +8,7 @@
 
 use super::buffers::Buffers;
 use super::chunked::Chunked;
+use crate::identity;
 use crate::pipeline::{Ctx, Pipeline};
 use crate::proxy::respond::{connection_line, date_line, line, status_line, write_out};
 use crate::upstream::Upstream;
@@ -315,9 +316,7 @@ impl Relay<'_> {
         let mut dated = false;
         for h in resp.headers.iter() {
             let n = h.name;
-            if n.eq_ignore_ascii_case("connection")
-                || n.eq_ignore_ascii_case("keep-alive")
-                || n.eq_ignore_ascii_case("proxy-connection")
+            if identity::has_rule(n, identity::RESPONSE_HOP)
                 || (encoded && n.eq_ignore_ascii_case("content-length"))
             {
                 continue;
