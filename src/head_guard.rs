@@ -12,6 +12,7 @@
 
 use crate::denial::Reason;
 use crate::direct::{self, Direct};
+use crate::runtime::HeadLimits;
 use crate::state::State;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -31,15 +32,6 @@ const IDLE: Duration = Duration::from_secs(60);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes drained after a refusal before closing anyway.
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
-
-/// The limits a head is read under.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    /// From the first byte of a head to its end.
-    pub timeout: Duration,
-    /// Request line and headers, with their line ends.
-    pub max_bytes: usize,
-}
 
 /// A pingora HTTP app (the proxy) behind the head guard, and the direct
 /// path that plain bodyless requests take instead (`direct.rs`).

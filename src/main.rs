@@ -155,7 +155,7 @@ fn main() -> ExitCode {
                 eprintln!("authgate: no issuer named `{issuer}` in {config}");
                 return ExitCode::from(2);
             };
-            let ttl = match authgate::runtime::duration(&ttl) {
+            let ttl = match authgate::config::compile::duration(&ttl) {
                 Ok(d) => d.as_secs() as i64,
                 Err(e) => {
                     eprintln!("authgate: --ttl `{ttl}`: {e}");
