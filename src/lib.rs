@@ -20,6 +20,7 @@ pub mod identity;
 pub mod log_format;
 pub mod metrics;
 pub mod ratelimit;
+pub mod reload;
 pub mod revocation;
 pub mod router;
 pub mod runtime;

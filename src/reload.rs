@@ -1,0 +1,144 @@
+//! Reload policy: what a re-read config file may change in a running
+//! gateway. [`reload`] re-reads the file named on the command line,
+//! compiles it, and swaps it into [`State`] whole, or refuses it and
+//! changes nothing. `State` only holds what is swapped; the rules of what
+//! may be swapped live here, in one place:
+//!
+//! - **Refused** ([`ReloadError::NeedsRestart`]): any change to `[store]`
+//!   (kind, URLs, `on_error`, credentials, TLS roots); `[sessions]` added
+//!   or removed; a change to `[sessions]` `key_prefix`, `cache_size` or
+//!   `cache_ttl` (the session cache is sized and keyed at start-up).
+//! - **Restart-only, kept with a warning** (the running value stays):
+//!   `server.listen`, `server.admin_listen`, `server.threads`,
+//!   `server.tls`, `server.grace_period`, `server.request_header_timeout`,
+//!   `server.max_header_bytes`, and `[token_cache]` (`size`, `max_ttl`).
+//!   The running `[server]` is kept whole except `trusted_proxies`, so
+//!   `server.direct_path` keeps its running value too, without a warning
+//!   (docs/config.md says it applies on reload; the code has always kept
+//!   it: a discrepancy to settle on its own).
+//! - **Applied**: `server.trusted_proxies`, routes, upstreams (with fresh
+//!   health and idle pools), issuers, `[admin]` token, `[assertion]`, and
+//!   the other `[sessions]` keys.
+//! - **Carried over**: the fetched key set of a `jwks_url` issuer with the
+//!   same name and URL (with its refresh schedule when the timing is
+//!   unchanged; with new timing it adopts the fetched keys), so a reload
+//!   never leaves an issuer without keys while it refetches.
+//! - **Cleared**: the verified-token cache (entries name issuers by index
+//!   in the old runtime).
+
+use crate::auth::jwks::KeySource;
+use crate::state::State;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(crate::config::ConfigErrors),
+    #[error("{0}: restart the gateway to apply it")]
+    NeedsRestart(String),
+    #[error("another reload is in progress")]
+    Busy,
+}
+
+/// Re-reads the config file. A valid file is swapped in atomically
+/// (requests in flight finish on the config they started with); an
+/// invalid one changes nothing. Settings bound at start-up (listeners,
+/// threads, TLS) keep their running values with a warning; a change to
+/// the store or to whether sessions exist is refused (restart needed).
+pub fn reload(state: &State) -> Result<String, ReloadError> {
+    let Ok(_one_at_a_time) = state.reload_lock.lock() else {
+        return Err(ReloadError::Busy);
+    };
+    let result = try_reload(state);
+    let label = if result.is_ok() { "ok" } else { "error" };
+    state
+        .metrics
+        .config_reloads
+        .with_label_values(&[label])
+        .inc();
+    match &result {
+        Ok(summary) => tracing::info!(summary = summary.as_str(), "config reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "config reload rejected; the running config is kept")
+        }
+    }
+    result
+}
+
+fn try_reload(state: &State) -> Result<String, ReloadError> {
+    let mut new = crate::config::load(&state.config_path).map_err(ReloadError::Invalid)?;
+    let old = state.runtime();
+    if new.store != old.store {
+        return Err(ReloadError::NeedsRestart("[store] changed".into()));
+    }
+    match (&new.sessions, &old.sessions) {
+        (Some(a), Some(b))
+            if a.key_prefix != b.key_prefix
+                || a.cache_size != b.cache_size
+                || a.cache_ttl != b.cache_ttl =>
+        {
+            return Err(ReloadError::NeedsRestart(
+                "[sessions] key_prefix, cache_size or cache_ttl changed".into(),
+            ));
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ReloadError::NeedsRestart(
+                "[sessions] added or removed".into(),
+            ));
+        }
+        _ => {}
+    }
+    let s = &new.server;
+    let o = &old.server;
+    for (what, changed) in [
+        ("server.listen", s.listen != o.listen),
+        ("server.admin_listen", s.admin_listen != o.admin_listen),
+        ("server.threads", s.threads != o.threads),
+        ("server.tls", s.tls != o.tls),
+        ("server.grace_period", s.grace_period != o.grace_period),
+        (
+            "server.request_header_timeout",
+            s.head.timeout != o.head.timeout,
+        ),
+        (
+            "server.max_header_bytes",
+            s.head.max_bytes != o.head.max_bytes,
+        ),
+        ("token_cache", new.token_cache != old.token_cache),
+    ] {
+        if changed {
+            tracing::warn!(
+                setting = what,
+                "this setting only changes on restart; the running value is kept"
+            );
+        }
+    }
+    // Keep what is bound at start-up; trusted_proxies applies now.
+    let trusted = std::mem::take(&mut new.server.trusted_proxies);
+    new.server = old.server.clone();
+    new.server.trusted_proxies = trusted;
+    // Keep fetched key sets (and their schedules) for unchanged issuers.
+    for issuer in &mut new.issuers {
+        if let KeySource::Remote(r) = &issuer.keys {
+            let same = old.issuers.iter().find_map(|o| match &o.keys {
+                KeySource::Remote(or) if o.name == issuer.name && or.url == r.url => {
+                    Some(or.clone())
+                }
+                _ => None,
+            });
+            match same {
+                Some(existing) if existing.timing == r.timing => {
+                    issuer.keys = KeySource::Remote(existing)
+                }
+                // New timing, same provider: keep serving the keys.
+                Some(existing) => r.adopt_keys(&existing),
+                None => {}
+            }
+        }
+    }
+    let summary = new.summary();
+    state.swap(new);
+    // Entries name issuers by index in the old runtime: start afresh.
+    state.token_cache.clear();
+    Ok(summary)
+}
