@@ -108,3 +108,66 @@ pub(super) fn build_assertion(
         jwks,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use jsonwebtoken::Algorithm;
+
+    const ES: &str = "[assertion]\nalgorithm = \"ES256\"\nkey_file = \"ec256_priv.pem\"\nissuer = \"gw\"\naudience = \"backends\"\n";
+
+    #[test]
+    fn defaults_are_applied() {
+        let rt = accepted(&format!("{ES}{MINIMAL}"));
+        let a = rt.assertion.as_ref().expect("assertion compiled");
+        assert_eq!(a.algorithm, Algorithm::ES256);
+        assert_eq!(a.issuer, "gw");
+        assert_eq!(a.audience, "backends");
+        assert_eq!(a.ttl_secs, 60);
+        assert_eq!(a.jwks_path, "/.well-known/authgate/jwks.json");
+        assert!(a.previous.is_empty());
+        assert!(a.jwks.contains("\"keys\""), "{}", a.jwks);
+        assert_eq!(
+            rt.kept_claims,
+            ["iss"],
+            "original_iss needs the token's iss"
+        );
+    }
+
+    #[test]
+    fn bad_algorithm_and_missing_keys_are_refused() {
+        let e = refused(&format!(
+            "[assertion]\nalgorithm = \"RS256\"\nkey_file = \"rsa_priv.pem\"\n{MINIMAL}"
+        ));
+        has_line(
+            &e,
+            "g.toml:2:13: unsupported algorithm `RS256` (expected \"ES256\" or \"EdDSA\")",
+        );
+        has(&e, "missing `issuer` (the assertion's iss)");
+        has(&e, "missing `audience` (the assertion's aud)");
+        let e = refused(&format!("[assertion]\nissuer = \"gw\"\n{MINIMAL}"));
+        has(&e, "missing `algorithm` (\"ES256\" or \"EdDSA\")");
+        has(&e, "missing `key_file` (the gateway's private key, PEM)");
+    }
+
+    #[test]
+    fn key_ttl_and_path_are_checked() {
+        let e = refused(&format!("{}{MINIMAL}", ES.replace("ES256", "EdDSA")));
+        has(&e, "g.toml:3:12: `ec256_priv.pem`: ");
+        let e = refused(&format!(
+            "{ES}ttl = \"500ms\"\njwks_path = \"jwks\"\n{MINIMAL}"
+        ));
+        has_line(&e, "g.toml:6:7: ttl must be at least 1s");
+        has_line(&e, "g.toml:7:13: paths start with `/`");
+    }
+
+    #[test]
+    fn routes_asserting_need_the_section_and_an_identity() {
+        let e = refused(&format!("{MINIMAL}assertion = true\n"));
+        has(
+            &e,
+            "assertion = true needs an [assertion] section (the gateway's signing key)",
+        );
+        has(&e, "an auth = \"none\" route has no identity to assert");
+    }
+}

@@ -207,3 +207,93 @@ pub(super) fn build_issuer(
         signing_kid,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use crate::auth::jwks::KeySource;
+    use jsonwebtoken::Algorithm;
+    use std::time::Duration;
+
+    const HS: &str = "[issuers.a]\nissuer = \"https://idp.example\"\nalgorithms = [\"HS256\"]\nsecret_file = \"hs_secret.txt\"\n";
+
+    #[test]
+    fn defaults_are_applied() {
+        let rt = accepted(&format!("{HS}{MINIMAL}"));
+        let i = rt.issuer("a").expect("issuer a");
+        assert_eq!(i.issuer, "https://idp.example");
+        assert!(i.audiences.is_empty(), "no aud check unless configured");
+        assert_eq!(i.algorithms, [Algorithm::HS256]);
+        assert_eq!(i.leeway, 60);
+        assert!(i.signing_key.is_some(), "a shared secret signs too");
+        assert!(i.signing_kid.is_none());
+        match &i.keys {
+            KeySource::Static(k) => assert_eq!(k.keys.len(), 1),
+            KeySource::Remote(_) => panic!("a secret_file issuer has static keys"),
+        }
+    }
+
+    #[test]
+    fn bad_algorithm_is_refused_at_its_index() {
+        let e = refused(&format!(
+            "{}{MINIMAL}",
+            HS.replace("[\"HS256\"]", "[\"HS256\", \"XS1\"]")
+        ));
+        has_line(&e, "g.toml:3:24: unsupported algorithm `XS1` (HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)");
+    }
+
+    #[test]
+    fn algorithms_must_fit_the_key_source() {
+        let e = refused(&format!("{}{MINIMAL}", HS.replace("HS256", "RS256")));
+        has(
+            &e,
+            "g.toml:4:15: algorithm RS256 cannot be served by this key source",
+        );
+        accepted(&format!(
+            "[issuers.ec]\nissuer = \"i\"\nalgorithms = [\"ES256\"]\npublic_key_file = \"ec256_pub.pem\"\n{MINIMAL}"
+        ));
+    }
+
+    #[test]
+    fn exactly_one_key_source_and_the_required_keys() {
+        let e = refused(&format!("[issuers.a]\nleeway = \"5s\"\n{MINIMAL}"));
+        has(&e, "missing `issuer` (the value tokens' `iss` must equal)");
+        has(
+            &e,
+            "missing `algorithms` (pin the algorithms this issuer signs with",
+        );
+        has(&e, "exactly one key source is needed: jwks_url, jwks_file, public_key_file, secret_env or secret_file");
+        let e = refused(&format!(
+            "{HS}public_key_file = \"ec256_pub.pem\"\n{MINIMAL}"
+        ));
+        has(&e, "exactly one key source is needed");
+        let e = refused(&format!("{HS}audiences = []\n{MINIMAL}"));
+        has_line(&e, "g.toml:5:13: an empty list would accept no token; omit `audiences` to skip the aud check");
+    }
+
+    #[test]
+    fn jwks_url_is_checked_and_its_timing_applied() {
+        let remote = "[issuers.r]\nissuer = \"i\"\nalgorithms = [\"RS256\"]\n";
+        let rt = accepted(&format!(
+            "{remote}jwks_url = \"https://idp.example/jwks\"\n{MINIMAL}"
+        ));
+        match &rt.issuer("r").expect("issuer r").keys {
+            KeySource::Remote(k) => {
+                assert_eq!(k.url, "https://idp.example/jwks");
+                assert_eq!(k.timing.min_refresh, Duration::from_secs(30));
+                assert_eq!(k.timing.max_refresh, Duration::from_secs(600));
+                assert_eq!(k.timing.cooldown, Duration::from_secs(10));
+            }
+            KeySource::Static(_) => panic!("a jwks_url issuer has remote keys"),
+        }
+        let e = refused(&format!("{remote}jwks_url = \"ftp://idp/jwks\"\n{MINIMAL}"));
+        has_line(&e, "g.toml:4:12: `ftp://idp/jwks` is not an http(s) URL");
+        let e = refused(&format!(
+            "{remote}jwks_url = \"https://idp/jwks\"\njwks_min_refresh = \"10m\"\njwks_max_refresh = \"1m\"\n{MINIMAL}"
+        ));
+        has_line(
+            &e,
+            "g.toml:6:20: jwks_max_refresh is shorter than jwks_min_refresh",
+        );
+    }
+}

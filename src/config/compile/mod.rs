@@ -272,3 +272,167 @@ pub fn build(cfg: FileConfig, base: &Path, issues: &mut Issues) -> Option<Runtim
         kept_claims,
     })
 }
+
+/// Helpers the section tests share: they compile TOML text through
+/// [`crate::config::load_str`], so a refusal is checked as an operator sees
+/// it (`FILE:LINE:COL: message`).
+#[cfg(test)]
+mod tests {
+    use super::{duration, read_secret_file, resolve, MAX_DURATION};
+    use crate::config::load_str;
+    use crate::runtime::Runtime;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// The smallest valid file: one upstream and an `auth = "none"` route.
+    pub(super) const MINIMAL: &str = r#"
+[upstreams.app]
+addrs = ["127.0.0.1:9"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+auth = "none"
+"#;
+
+    /// The committed test keys; relative paths in test configs resolve here.
+    pub(super) fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    /// `text` compiled, or the `check` output that refused it.
+    pub(super) fn compile(text: &str) -> Result<Runtime, String> {
+        load_str("g.toml", text, &fixtures()).map_err(|e| e.to_string())
+    }
+
+    /// `text` compiled; panics with the errors if it was refused.
+    pub(super) fn accepted(text: &str) -> Runtime {
+        match compile(text) {
+            Ok(rt) => rt,
+            Err(e) => panic!("refused:\n{e}\n--- config:\n{text}"),
+        }
+    }
+
+    /// The errors `text` was refused with; panics if it was accepted.
+    pub(super) fn refused(text: &str) -> String {
+        match compile(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts that one error line of `errors` is exactly `line`.
+    pub(super) fn has_line(errors: &str, line: &str) {
+        assert!(
+            errors.lines().any(|l| l == line),
+            "expected the line\n  {line}\nin\n{errors}"
+        );
+    }
+
+    /// Asserts that some error line of `errors` contains `part`.
+    pub(super) fn has(errors: &str, part: &str) {
+        assert!(
+            errors.lines().any(|l| l.contains(part)),
+            "expected an error containing\n  {part}\nin\n{errors}"
+        );
+    }
+
+    /// A file under the temp dir with `contents`, unique to this process.
+    pub(super) fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("authgate-compile-{}-{name}", std::process::id()));
+        std::fs::write(&p, contents).expect("write temp file");
+        p
+    }
+
+    #[test]
+    fn minimal_file_compiles_with_token_cache_defaults() {
+        let rt = accepted(MINIMAL);
+        assert_eq!(rt.token_cache.size, 100_000);
+        assert_eq!(rt.token_cache.max_ttl, Duration::from_secs(300));
+        assert!(rt.admin_token.is_none());
+        assert!(rt.sessions.is_none());
+        assert!(rt.assertion.is_none());
+        assert_eq!(rt.routes.len(), 1);
+        assert_eq!(rt.upstreams.len(), 1);
+        assert!(rt.kept_claims.is_empty());
+    }
+
+    #[test]
+    fn token_cache_values_are_applied_and_checked() {
+        let rt = accepted(&format!(
+            "[token_cache]\nsize = 0\nmax_ttl = \"30s\"\n{MINIMAL}"
+        ));
+        assert_eq!(rt.token_cache.size, 0);
+        assert_eq!(rt.token_cache.max_ttl, Duration::from_secs(30));
+        let e = refused(&format!("[token_cache]\nmax_ttl = \"soon\"\n{MINIMAL}"));
+        has(&e, "g.toml:2:11: invalid duration `soon`");
+    }
+
+    #[test]
+    fn each_build_gets_a_new_generation() {
+        let a = accepted(MINIMAL).generation;
+        let b = accepted(MINIMAL).generation;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn durations_are_capped_at_ten_years() {
+        assert_eq!(duration(" 15m "), Ok(Duration::from_secs(900)));
+        assert_eq!(duration("3650d"), Ok(MAX_DURATION));
+        assert_eq!(
+            duration("3651d"),
+            Err("duration `3651d` is longer than 10 years, the longest accepted".into())
+        );
+        let e = duration("ten").expect_err("not a duration");
+        assert!(e.starts_with("invalid duration `ten` ("), "{e}");
+        // and through a key: the message is positioned at its value
+        let e = refused(&format!("[server]\ngrace_period = \"20y\"\n{MINIMAL}"));
+        has_line(
+            &e,
+            "g.toml:2:16: duration `20y` is longer than 10 years, the longest accepted",
+        );
+    }
+
+    #[test]
+    fn admin_token_takes_one_form_only() {
+        let e = refused(&format!(
+            "[admin]\ntoken_env = \"AUTHGATE_TEST_UNUSED\"\ntoken_file = \"hs_secret.txt\"\n{MINIMAL}"
+        ));
+        has(&e, "give either the `_env` or the `_file` form, not both");
+        let e = refused(&format!(
+            "[admin]\ntoken_env = \"AUTHGATE_TEST_SURELY_UNSET_3f1c\"\n{MINIMAL}"
+        ));
+        has_line(
+            &e,
+            "g.toml:2:13: environment variable `AUTHGATE_TEST_SURELY_UNSET_3f1c` is not set",
+        );
+        let rt = accepted(&format!(
+            "[admin]\ntoken_file = \"hs_secret.txt\"\n{MINIMAL}"
+        ));
+        assert_eq!(
+            rt.admin_token.as_deref(),
+            Some(&b"file-secret-for-hs-tests-0123456789abcdef"[..]),
+            "one trailing newline is dropped"
+        );
+    }
+
+    #[test]
+    fn no_routes_is_refused() {
+        let e = refused("[upstreams.app]\naddrs = [\"127.0.0.1:9\"]\n");
+        has(&e, "no [[routes]] defined: every request would be 404");
+    }
+
+    #[test]
+    fn secret_files_lose_one_line_end_and_paths_resolve_against_base() {
+        let p = temp_file("secret-crlf", b"s3cret\r\n\n");
+        assert_eq!(read_secret_file(&p).expect("read"), b"s3cret\r\n");
+        let p = temp_file("secret-crlf1", b"s3cret\r\n");
+        assert_eq!(read_secret_file(&p).expect("read"), b"s3cret");
+        assert_eq!(
+            resolve(Path::new("/etc/ag"), "k.pem"),
+            Path::new("/etc/ag/k.pem")
+        );
+        assert_eq!(resolve(Path::new("/etc/ag"), "/k.pem"), Path::new("/k.pem"));
+    }
+}

@@ -286,3 +286,129 @@ fn is_protected(name: &HeaderName) -> bool {
             | "x-forwarded-proto"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use crate::runtime::AuthMode;
+
+    const HS: &str =
+        "[issuers.a]\nissuer = \"i\"\nalgorithms = [\"HS256\"]\nsecret_file = \"hs_secret.txt\"\n";
+    const UP: &str = "[upstreams.app]\naddrs = [\"127.0.0.1:9\"]\n";
+
+    #[test]
+    fn unknown_upstream_is_refused_at_the_route() {
+        let e = refused(&MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\""));
+        has_line(
+            &e,
+            "g.toml:7:12: unknown upstream `nope` (define it as [upstreams.nope])",
+        );
+        let e = refused(&MINIMAL.replace("upstream = \"app\"\n", ""));
+        has(&e, "missing `upstream`");
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let rt = accepted(&format!(
+            "{HS}{UP}[[routes]]\npath_prefix = \"/api\"\nupstream = \"app\"\n"
+        ));
+        let r = &rt.routes[0];
+        assert_eq!(r.name, "/api", "a route is named by its path");
+        assert_eq!(r.auth, AuthMode::Jwt, "auth defaults to jwt");
+        assert_eq!(r.issuers, [0], "every issuer when none is listed");
+        assert_eq!(r.algs.iter().count(), 1);
+        assert!(r.require.roles.is_empty() && r.require.scopes.is_empty());
+        assert!(r.headers.is_empty() && r.limits.is_empty());
+        assert!(!r.limits_need_body && !r.assertion);
+        assert!(r.login_redirect.is_none());
+    }
+
+    #[test]
+    fn paths_auth_and_issuers_are_checked() {
+        let route = |body: &str| format!("{HS}{UP}[[routes]]\nupstream = \"app\"\n{body}");
+        has(
+            &refused(&route("auth = \"none\"\n")),
+            "a route needs `path` or `path_prefix`",
+        );
+        has(
+            &refused(&route("path = \"/a\"\npath_prefix = \"/a\"\n")),
+            "give `path` or `path_prefix`, not both",
+        );
+        has_line(
+            &refused(&route("path = \"a\"\n")),
+            "g.toml:9:8: paths start with `/`",
+        );
+        has_line(
+            &refused(&route("path = \"/a\"\nauth = \"magic\"\n")),
+            "g.toml:10:8: unknown auth `magic` (expected \"jwt\", \"session\", \"jwt_or_session\" or \"none\")",
+        );
+        has_line(
+            &refused(&route("path = \"/a\"\nissuers = [\"a\", \"b\"]\n")),
+            "g.toml:10:17: unknown issuer `b` (define it as [issuers.b])",
+        );
+        has(
+            &refused(&route("path = \"/a\"\nauth = \"session\"\n")),
+            "session routes need a valid [sessions] section",
+        );
+        let e = refused(&format!(
+            "{UP}[[routes]]\npath = \"/a\"\nupstream = \"app\"\n"
+        ));
+        has(&e, "a jwt route needs at least one [issuers.*]");
+    }
+
+    #[test]
+    fn claim_headers_are_mapped_and_kept() {
+        let rt = accepted(&format!(
+            "{HS}{UP}[[routes]]\npath = \"/a\"\nupstream = \"app\"\nheaders = {{ \"X-User\" = \"org.id\" }}\n"
+        ));
+        assert_eq!(rt.mapped_headers, ["x-user"]);
+        assert_eq!(rt.kept_claims, ["org.id", "org"]);
+        let e = refused(&format!(
+            "{HS}{UP}[[routes]]\npath = \"/a\"\nupstream = \"app\"\nheaders = {{ \"X-Auth-User\" = \"sub\", \"Cookie\" = \"sub\" }}\n"
+        ));
+        has(
+            &e,
+            "X-Auth-* headers are the gateway's own; map claims to another name",
+        );
+        has(&e, "`Cookie` cannot carry a claim");
+    }
+
+    #[test]
+    fn route_names_are_unique() {
+        let e = refused(&format!(
+            "{UP}[[routes]]\nname = \"r\"\npath = \"/a\"\nupstream = \"app\"\nauth = \"none\"\n\n[[routes]]\nname = \"r\"\npath = \"/b\"\nupstream = \"app\"\nauth = \"none\"\n"
+        ));
+        has_line(
+            &e,
+            "g.toml:10:8: duplicate route name `r` (names label metrics and logs)",
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_checked() {
+        let rt = accepted(&format!(
+            "{MINIMAL}rate_limits = [{{ key = \"json:user\", limit = 5, window = \"1m\" }}]\n"
+        ));
+        assert_eq!(rt.routes[0].limits.len(), 1);
+        assert!(rt.routes[0].limits_need_body);
+        let e = refused(&format!(
+            "{MINIMAL}rate_limits = [{{ limit = 0, window = \"0s\", count = \"some\" }}]\n"
+        ));
+        has(&e, "missing `key` (\"ip\", \"header:NAME\"");
+        has(&e, "limit must be between 1 and 1000000000");
+        has(&e, "window must be between 1s and 366 days");
+        has(
+            &e,
+            "unknown count `some` (expected \"all\" or \"failures\")",
+        );
+    }
+
+    #[test]
+    fn require_needs_an_identity() {
+        let e = refused(&format!("{MINIMAL}require = {{ roles = [\"admin\"] }}\n"));
+        has(
+            &e,
+            "require has no identity to check on an auth = \"none\" route",
+        );
+    }
+}

@@ -181,3 +181,88 @@ pub(super) fn build_server(
         direct_path: s.direct_path.unwrap_or(true),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_when_server_is_absent() {
+        let s = accepted(MINIMAL).server;
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.admin_listen, "127.0.0.1:9090");
+        assert_eq!(s.threads, 2);
+        assert!(s.trusted_proxies.is_empty());
+        assert_eq!(s.grace_period, Duration::from_secs(10));
+        assert_eq!(s.head.timeout, Duration::from_secs(10));
+        assert_eq!(s.head.max_bytes, 64 * 1024);
+        assert!(s.tls.is_none());
+        assert!(s.direct_path);
+    }
+
+    #[test]
+    fn values_are_applied() {
+        let s = accepted(&format!(
+            r#"[server]
+listen = "0.0.0.0:8443"
+threads = 8
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
+grace_period = "3s"
+request_header_timeout = "100ms"
+max_header_bytes = 1024
+direct_path = false
+{MINIMAL}"#
+        ))
+        .server;
+        assert_eq!(s.listen, "0.0.0.0:8443");
+        assert_eq!(s.threads, 8);
+        let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(s.grace_period, Duration::from_secs(3));
+        assert_eq!(s.head.timeout, Duration::from_millis(100));
+        assert_eq!(s.head.max_bytes, 1024);
+        assert!(!s.direct_path);
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_their_keys() {
+        let e = refused(&format!(
+            r#"[server]
+listen = "localhost"
+threads = 0
+trusted_proxies = ["10.0.0.0/8", "proxy"]
+request_header_timeout = "50ms"
+max_header_bytes = 1023
+{MINIMAL}"#
+        ));
+        has_line(
+            &e,
+            r#"g.toml:2:10: `localhost` is not an address like "127.0.0.1:8080""#,
+        );
+        has_line(&e, "g.toml:3:11: threads must be between 1 and 1024");
+        has_line(&e, "g.toml:4:34: `proxy` is not an IP or CIDR");
+        has_line(
+            &e,
+            "g.toml:5:26: request_header_timeout must be between 100ms and 10m",
+        );
+        has_line(
+            &e,
+            "g.toml:6:20: max_header_bytes must be between 1024 and 1048576",
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_at_compile_time() {
+        let e = refused(&format!(
+            "[server.tls]\ncert_file = \"no-such-cert.pem\"\nkey_file = \"no-such-key.pem\"\n{MINIMAL}"
+        ));
+        has(&e, "g.toml:2:13: `no-such-cert.pem`: cannot read: ");
+        has(&e, "g.toml:3:12: cannot read `no-such-key.pem`: ");
+        // a file with no certificate in it
+        let e = refused(&format!(
+            "[server.tls]\ncert_file = \"hs_secret.txt\"\nkey_file = \"ec256_priv.pem\"\n{MINIMAL}"
+        ));
+        has_line(&e, "g.toml:2:13: `hs_secret.txt` holds no PEM certificate");
+    }
+}

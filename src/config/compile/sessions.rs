@@ -106,3 +106,57 @@ pub(super) fn build_sessions(
         cache_size: s.cache_size.unwrap_or(100_000),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use std::time::Duration;
+
+    const REDIS: &str = "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n";
+
+    #[test]
+    fn defaults_are_applied() {
+        let rt = accepted(&format!(
+            "{REDIS}[sessions]\nsecrets_files = [\"hs_secret.txt\"]\nidentity = {{ subject = \"userId\" }}\n{MINIMAL}"
+        ));
+        let s = rt.sessions.expect("sessions compiled");
+        assert_eq!(s.cookie, "connect.sid");
+        assert_eq!(s.key_prefix, "sess:");
+        assert!(!s.rolling);
+        assert_eq!(s.touch_interval, Duration::from_secs(60));
+        assert_eq!(s.cache_ttl, Duration::from_secs(300));
+        assert_eq!(s.cache_size, 100_000);
+        assert_eq!(s.subject, "userId");
+        assert!(s.email.is_none() && s.roles.is_none());
+        assert!(s.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn sessions_need_redis_secrets_and_a_subject() {
+        let e = refused(&format!("[sessions]\ncookie = \"sid\"\n{MINIMAL}"));
+        has(&e, "[sessions] needs store.kind = \"redis\"");
+        has(&e, "[sessions] needs the cookie-signing secrets");
+        has(&e, "[sessions] needs identity = { subject = ");
+    }
+
+    #[test]
+    fn unusable_secrets_and_origins_are_refused_at_their_index() {
+        let e = refused(&format!(
+            r#"{REDIS}[sessions]
+secrets_env = ["AUTHGATE_TEST_SURELY_UNSET_9d2e"]
+identity = {{ subject = "userId" }}
+allowed_origins = ["https://ok.example", "not an origin"]
+touch_interval = "often"
+{MINIMAL}"#
+        ));
+        has_line(
+            &e,
+            "g.toml:5:16: environment variable `AUTHGATE_TEST_SURELY_UNSET_9d2e` is not set",
+        );
+        has_line(
+            &e,
+            "g.toml:7:42: `not an origin` is not an origin like \"https://app.example.com\"",
+        );
+        has(&e, "g.toml:8:18: invalid duration `often`");
+    }
+}

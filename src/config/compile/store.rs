@@ -145,3 +145,84 @@ pub(super) fn build_store(cfg: &FileConfig, base: &Path, issues: &mut Issues) ->
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use crate::runtime::{OnError, StoreKind};
+
+    #[test]
+    fn memory_and_deny_by_default() {
+        let s = accepted(MINIMAL).store;
+        assert_eq!(s.kind, StoreKind::Memory);
+        assert_eq!(s.on_error, OnError::Deny);
+        assert_eq!(s.access, Default::default());
+        let s = accepted(&format!("[store]\non_error = \"allow\"\n{MINIMAL}")).store;
+        assert_eq!(s.kind, StoreKind::Memory);
+        assert_eq!(s.on_error, OnError::Allow);
+    }
+
+    #[test]
+    fn redis_kinds_take_their_keys() {
+        let s = accepted(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n{MINIMAL}"
+        ))
+        .store;
+        assert_eq!(
+            s.kind,
+            StoreKind::Redis {
+                url: "redis://127.0.0.1:6379/0".into()
+            }
+        );
+        let s = accepted(&format!(
+            "[store]\nkind = \"redis_sentinel\"\nsentinels = [\"redis://10.0.0.1:26379\"]\nmaster = \"m\"\n{MINIMAL}"
+        ))
+        .store;
+        assert_eq!(
+            s.kind,
+            StoreKind::Sentinel {
+                sentinels: vec!["redis://10.0.0.1:26379".into()],
+                master: "m".into()
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_or_missing_keys_are_refused() {
+        let e = refused(&format!("[store]\nkind = \"redis\"\n{MINIMAL}"));
+        has(&e, "store.kind = \"redis\" needs `url`");
+        let e = refused(&format!("[store]\nkind = \"etcd\"\n{MINIMAL}"));
+        has_line(&e, "g.toml:2:8: unknown store kind `etcd` (expected \"memory\", \"redis\", \"redis_cluster\" or \"redis_sentinel\")");
+        let e = refused(&format!("[store]\non_error = \"retry\"\n{MINIMAL}"));
+        has_line(
+            &e,
+            "g.toml:2:12: unknown on_error `retry` (expected \"deny\" or \"allow\")",
+        );
+        let e = refused(&format!(
+            "[store]\nkind = \"redis_cluster\"\nurls = [\"redis://a:1\"]\nurl = \"redis://a:1\"\n{MINIMAL}"
+        ));
+        has(&e, "g.toml:4:7: `url` belongs to kind = \"redis\"");
+        let e = refused(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://a:1\"\nusername = \"u\"\n{MINIMAL}"
+        ));
+        has(
+            &e,
+            "g.toml:4:12: username needs password_env or password_file",
+        );
+    }
+
+    #[test]
+    fn password_takes_one_form_only() {
+        let e = refused(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://a:1\"\npassword_env = \"AUTHGATE_TEST_UNUSED\"\npassword_file = \"hs_secret.txt\"\n{MINIMAL}"
+        ));
+        has(&e, "give either the `_env` or the `_file` form, not both");
+        let e = refused(&format!(
+            "[store]\npassword_file = \"hs_secret.txt\"\n{MINIMAL}"
+        ));
+        has(
+            &e,
+            "password_env / password_file belong to a Redis store kind",
+        );
+    }
+}

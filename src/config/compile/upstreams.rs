@@ -132,3 +132,81 @@ pub(super) fn build_upstream(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accepted, has, has_line, refused, MINIMAL};
+    use std::time::Duration;
+
+    /// [`MINIMAL`] with upstream `app` given `extra` keys.
+    fn with_upstream(extra: &str) -> String {
+        MINIMAL.replacen(
+            "addrs = [\"127.0.0.1:9\"]\n",
+            &format!("addrs = [\"127.0.0.1:9\"]\n{extra}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let rt = accepted(MINIMAL);
+        let u = &rt.upstreams[0];
+        assert_eq!(u.name, "app");
+        assert_eq!(u.addrs, ["127.0.0.1:9".parse().unwrap()]);
+        assert!(!u.tls);
+        assert!(u.ca.is_none());
+        assert_eq!(u.sni, "127.0.0.1");
+        assert_eq!(u.connect_timeout, Duration::from_secs(2));
+        assert_eq!(u.read_timeout, Duration::from_secs(60));
+        assert_eq!(u.max_fails, 1);
+        assert_eq!(u.fail_timeout, Duration::from_secs(10));
+        assert!(
+            u.health().all(|(_, up)| up),
+            "every address starts in rotation"
+        );
+    }
+
+    #[test]
+    fn values_are_applied() {
+        let rt = accepted(&with_upstream(
+            "connect_timeout = \"1s\"\nread_timeout = \"5s\"\nmax_fails = 3\nfail_timeout = \"30s\"\nsni = \"app.internal\"\n",
+        ));
+        let u = &rt.upstreams[0];
+        assert_eq!(u.connect_timeout, Duration::from_secs(1));
+        assert_eq!(u.read_timeout, Duration::from_secs(5));
+        assert_eq!(u.max_fails, 3);
+        assert_eq!(u.fail_timeout, Duration::from_secs(30));
+        assert_eq!(u.sni, "app.internal");
+    }
+
+    #[test]
+    fn an_upstream_needs_an_address() {
+        let e = refused(&MINIMAL.replace("addrs = [\"127.0.0.1:9\"]", "addrs = []"));
+        has_line(&e, "g.toml:3:9: an upstream needs at least one address");
+        let e = refused(&MINIMAL.replace("127.0.0.1:9", "no-port"));
+        has(
+            &e,
+            "g.toml:3:10: `no-port` is not a host:port that resolves: ",
+        );
+    }
+
+    #[test]
+    fn at_most_64_addresses() {
+        let addrs: Vec<String> = (1..=65).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let e = refused(&MINIMAL.replace("\"127.0.0.1:9\"", &addrs.join(", ")));
+        has(
+            &e,
+            "an upstream may have at most 64 addresses (these resolve to 65)",
+        );
+    }
+
+    #[test]
+    fn health_settings_are_checked() {
+        let e = refused(&with_upstream("max_fails = 0\n"));
+        has_line(&e, "g.toml:4:13: max_fails must be 1 to 1000 (got 0)");
+        let e = refused(&with_upstream("fail_timeout = \"0s\"\n"));
+        has_line(&e, "g.toml:4:16: fail_timeout must be more than 0s");
+        let e = refused(&with_upstream("ca_file = \"rsa_pub.pem\"\n"));
+        has(&e, "g.toml:4:11: ca_file needs tls = true");
+    }
+}
