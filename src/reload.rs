@@ -11,7 +11,10 @@
 //! - **Restart-only, kept with a warning** (the running value stays):
 //!   `server.listen`, `server.admin_listen`, `server.threads`,
 //!   `server.tls`, `server.grace_period`, `server.request_header_timeout`,
-//!   `server.max_header_bytes`, and `[token_cache]` (`size`, `max_ttl`).
+//!   `server.max_header_bytes`, and `[token_cache]` (`size`, `max_ttl`:
+//!   `State`'s cache keeps its start-up sizing; the new runtime carries the
+//!   file's values, which nothing reads after start-up, so the warning
+//!   compares against the last loaded file, not the running cache).
 //!   The running `[server]` is kept whole except `trusted_proxies`, so
 //!   `server.direct_path` keeps its running value too, without a warning
 //!   (docs/config.md says it applies on reload; the code has always kept
@@ -141,4 +144,123 @@ fn try_reload(state: &State) -> Result<String, ReloadError> {
     // Entries name issuers by index in the old runtime: start afresh.
     state.token_cache.clear();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reload, ReloadError};
+    use crate::auth::jwks::KeySource;
+    use crate::metrics::Metrics;
+    use crate::state::State;
+    use std::sync::Arc;
+
+    const ROUTE: &str = "[upstreams.app]\naddrs = [\"127.0.0.1:9\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n";
+
+    /// A state running `text`, from a config file of its own.
+    fn running(name: &str, text: &str) -> (State, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "authgate-reload-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write config");
+        let p = path.to_string_lossy().into_owned();
+        let rt = crate::config::load(&p).expect("the starting config is valid");
+        let state = State::new(rt, Metrics::new().expect("metrics"), p).expect("state");
+        (state, path)
+    }
+
+    fn reloads(state: &State, label: &str) -> u64 {
+        state
+            .metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .get()
+    }
+
+    #[test]
+    fn a_valid_file_is_swapped_in_and_restart_only_settings_are_kept() {
+        let (state, path) = running(
+            "swap",
+            &format!("[server]\nlisten = \"127.0.0.1:18080\"\n{ROUTE}"),
+        );
+        let before = state.runtime();
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:18081\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+                 [token_cache]\nsize = 0\n{ROUTE}\n[[routes]]\npath = \"/b\"\nupstream = \"app\"\nauth = \"none\"\n"
+            ),
+        )
+        .expect("rewrite config");
+        let summary = reload(&state).expect("reloaded");
+        let now = state.runtime();
+        assert!(summary.contains("2 routes"), "{summary}");
+        assert_eq!(now.routes.len(), 2, "the new routes apply");
+        assert_ne!(now.generation, before.generation);
+        assert_eq!(
+            now.server.listen, "127.0.0.1:18080",
+            "listen is restart-only"
+        );
+        assert_eq!(now.server.trusted_proxies.len(), 1, "trusted_proxies apply");
+        // The verified-token cache was sized at start-up and stays so
+        // (`size = 0` would have turned it off).
+        assert!(state.token_cache.enabled(), "[token_cache] is restart-only");
+        assert_eq!(reloads(&state, "ok"), 1);
+    }
+
+    #[test]
+    fn an_invalid_file_or_a_store_change_changes_nothing() {
+        let (state, path) = running("refuse", ROUTE);
+        let generation = state.runtime().generation;
+        std::fs::write(&path, format!("{ROUTE}bogus = 1\n")).expect("rewrite");
+        match reload(&state) {
+            Err(ReloadError::Invalid(e)) => {
+                assert!(
+                    e.to_string().contains("unknown key `routes.0.bogus`"),
+                    "{e}"
+                )
+            }
+            other => panic!(
+                "expected Invalid, got {:?}",
+                other.map_err(|e| e.to_string())
+            ),
+        }
+        std::fs::write(&path, format!("[store]\non_error = \"allow\"\n{ROUTE}")).expect("rewrite");
+        let e = reload(&state).expect_err("store change refused");
+        assert_eq!(
+            e.to_string(),
+            "[store] changed: restart the gateway to apply it"
+        );
+        assert_eq!(
+            state.runtime().generation,
+            generation,
+            "still the first config"
+        );
+        assert_eq!(reloads(&state, "error"), 2);
+        assert_eq!(reloads(&state, "ok"), 0);
+    }
+
+    #[test]
+    fn fetched_key_sets_carry_over_for_the_same_issuer_and_url() {
+        let issuer = |url: &str| {
+            format!("[issuers.r]\nissuer = \"i\"\nalgorithms = [\"RS256\"]\njwks_url = \"{url}\"\n{ROUTE}")
+        };
+        let (state, path) = running("jwks", &issuer("https://idp.example/jwks"));
+        let remote = |state: &State| match &state.runtime().issuers[0].keys {
+            KeySource::Remote(r) => r.clone(),
+            KeySource::Static(_) => panic!("jwks_url issuer has remote keys"),
+        };
+        let first = remote(&state);
+        reload(&state).expect("same file reloads");
+        assert!(
+            Arc::ptr_eq(&first, &remote(&state)),
+            "same issuer and URL: kept"
+        );
+        std::fs::write(&path, issuer("https://other.example/jwks")).expect("rewrite");
+        reload(&state).expect("new url reloads");
+        assert!(
+            !Arc::ptr_eq(&first, &remote(&state)),
+            "a new URL starts afresh"
+        );
+    }
 }
