@@ -345,7 +345,7 @@ impl ServeHttp for AdminApp {
                         }
                         ("POST", "/admin/reload") => {
                             let state = self.state.clone();
-                            match tokio::task::spawn_blocking(move || state.reload()).await {
+                            match tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await {
                                 Ok(Ok(summary)) => respond(
                                     200,
                                     "application/json",

@@ -150,7 +150,7 @@ pub fn main() -> ExitCode {
                 eprintln!("authgate: no issuer named `{issuer}` in {config}");
                 return ExitCode::from(2);
             };
-            let ttl = match crate::runtime::duration(&ttl) {
+            let ttl = match crate::config::compile::duration(&ttl) {
                 Ok(d) => d.as_secs() as i64,
                 Err(e) => {
                     eprintln!("authgate: --ttl `{ttl}`: {e}");

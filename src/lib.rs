@@ -30,6 +30,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod proxy;
 pub(crate) mod ratelimit;
+pub(crate) mod reload;
 pub(crate) mod revocation;
 pub(crate) mod router;
 pub(crate) mod runtime;

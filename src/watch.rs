@@ -253,7 +253,7 @@ impl BackgroundService for SighupReloader {
                     tracing::info!("SIGHUP: reloading the config");
                     let state = self.state.clone();
                     // File reads and key parsing are blocking work.
-                    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await;
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! The `gateway.toml` schema exactly as operators write it (serde types, no
-//! defaults applied, no checks). `runtime.rs` turns it into what the proxy runs
+//! defaults applied, no checks). `compile/` turns it into what the proxy runs
 //! on; that conversion is the only place defaults and checks live (River's
 //! split). Unknown keys are found by `config::load`, which reports them all
 //! with their positions rather than stopping at the first.

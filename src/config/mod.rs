@@ -3,6 +3,7 @@
 //! `check` format). Positions come from toml's spans: each error carries the
 //! path of the key it is about, and [`Locator`] turns that path into a span.
 
+pub mod compile;
 pub mod file;
 
 use crate::runtime::Runtime;
@@ -106,7 +107,7 @@ pub fn load_str(file: &str, text: &str, base: &std::path::Path) -> Result<Runtim
         Err(e) => errors.push(toml_error(text, &e)),
         Ok(cfg) => {
             let mut issues = Issues::default();
-            let runtime = Runtime::build(cfg, base, &mut issues);
+            let runtime = compile::build(cfg, base, &mut issues);
             errors.extend(
                 issues
                     .0
