@@ -13,7 +13,6 @@
 
 mod common;
 
-use common::cluster::RedisNode;
 use common::ops::Pki;
 use common::*;
 use serde_json::json;
@@ -64,14 +63,13 @@ window = "1h"
 
 /// A `redis-server` with `extra` arguments (`{tls_port}` replaced by a free
 /// port, also returned), answering on a plain loopback port too.
-fn server(extra: &[String]) -> (RedisNode, u16) {
+fn server(extra: &[String]) -> (RedisServer, u16) {
     let tls_port = free_port();
     let extra: Vec<String> = extra
         .iter()
         .map(|a| a.replace("{tls_port}", &tls_port.to_string()))
         .collect();
-    let args: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let node = RedisNode::plain("redis-auth", &args);
+    let node = Redis::new("redis-auth").args(extra.iter().cloned()).start();
     if extra.iter().any(|a| a == "--tls-port") {
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
@@ -137,7 +135,7 @@ fn revoke(gw: &Gateway, jti: &str) -> Response {
 
 /// Revoked on `a`, enforced on `b` within 1 s; in Redis; the shared
 /// rate limit lets exactly 3 of 6 through across both.
-fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &RedisNode, auth: &[&str]) {
+fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &RedisServer, auth: &[&str]) {
     let jti = format!("jti-{}", now());
     let token = hs_token(&hs_claims("alice", json!({ "jti": jti })));
     assert_eq!(b.get_bearer("/api/x", &token).status, 200);

@@ -18,7 +18,7 @@
 mod common;
 
 use authgate::auth::session::sign_cookie;
-use common::cluster::{redis_pipeline, subscribers, tracking_clients, SentinelSetup};
+use common::cluster::{subscribers, tracking_clients, SentinelSetup};
 use common::*;
 use serde_json::{json, Value};
 use std::thread;
