@@ -36,29 +36,16 @@ const HANG: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(2500);
 
 fn config(redis_url: &str) -> String {
-    format!(
-        r#"{BASE_CONFIG}
-[admin]
-token_env = "AUTHGATE_ADMIN_TOKEN"
-
-[store]
-kind = "redis"
-url = "{redis_url}"
-on_error = "deny"
-
-[sessions]
-cookie = "sid"
-secrets_env = ["SESSION_SECRET_CURRENT"]
-identity = {{ subject = "userId" }}
-
-[[routes]]
-name = "app"
-path_prefix = "/app/"
-upstream = "app"
-auth = "session"
-
-[[routes]]
-name = "login"
+    GatewayConfig::base()
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .store_redis(redis_url, "deny")
+        .sessions(
+            "cookie = \"sid\"\nsecrets_env = [\"SESSION_SECRET_CURRENT\"]\n\
+             identity = { subject = \"userId\" }",
+        )
+        .route("name = \"app\"\npath_prefix = \"/app/\"\nupstream = \"app\"\nauth = \"session\"")
+        .route(
+            r#"name = "login"
 path = "/login"
 upstream = "app"
 auth = "none"
@@ -66,9 +53,9 @@ auth = "none"
 [[routes.rate_limits]]
 key = "ip"
 limit = 1000000
-window = "1m"
-"#
-    )
+window = "1m""#,
+        )
+        .toml()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -44,9 +44,9 @@ fn config(seeds: &[String]) -> String {
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "app"
 path_prefix = "/app/"
 upstream = "app"
@@ -77,7 +77,8 @@ cookie = "sid"
 secrets_env = ["SESSION_SECRET"]
 identity = {{ subject = "userId" }}
 "#
-    )
+        ))
+        .toml()
 }
 
 fn env() -> [(&'static str, &'static str); 3] {

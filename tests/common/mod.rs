@@ -1,6 +1,7 @@
 //! Shared harness for the black-box tests: real processes over loopback.
 //!
 //! - [`Gateway`]: runs `authgate serve --config <tmp>/gateway.toml`, waits for `/healthz`.
+//! - [`GatewayConfig`]: the one builder of that `gateway.toml` (`config.rs`).
 //! - [`Redis`] / [`RedisServer`]: the one `redis-server` launcher (`redis_server.rs`).
 //! - [`Upstream`]: an HTTP/1.1 echo server on std threads that records what it received.
 //! - [`request`]: a raw HTTP/1.1 client over `TcpStream` (`Connection: close`, 10 s timeout).
@@ -9,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+/// The one `gateway.toml` builder: see `config.rs`.
+pub mod config;
 /// Login-style upstream (401 on a wrong password) and a raw client: see `login.rs`.
 pub mod login;
 /// Live-operations helpers (JWKS server, signals, reload, TLS, slow upstream): see `ops.rs`.
@@ -17,6 +20,7 @@ pub mod ops;
 /// a RESP client: see `redis_server.rs`.
 pub mod redis_server;
 
+pub use config::GatewayConfig;
 pub use redis_server::{redis_pipeline, redis_query, Redis, RedisServer, Resp};
 
 use std::collections::BTreeMap;
@@ -53,65 +57,6 @@ pub fn show(line: &str) {
 }
 pub const HS_SECRET: &str = "test-hs-secret-0123456789abcdef0123456789abcdef";
 pub const HS_ENV: (&str, &str) = ("TEST_HS_SECRET", HS_SECRET);
-
-/// The config shape from the brief: one HS256 issuer `hs`, one JWT route `api` on `/api/`.
-/// Tests append more `[issuers.*]` / `[[routes]]` tables to it.
-pub const BASE_CONFIG: &str = r#"[server]
-listen = "{proxy}"
-admin_listen = "{admin}"
-threads = 1
-
-[upstreams.app]
-addrs = ["{upstream}"]
-
-[issuers.hs]
-issuer = "https://hs.test"
-audiences = ["api"]
-algorithms = ["HS256"]
-secret_env = "TEST_HS_SECRET"
-leeway = "30s"
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "jwt"
-issuers = ["hs"]
-"#;
-
-/// [`BASE_CONFIG`] plus an RS256 issuer from a PEM (`rs`, route `/rs/`) and
-/// one from the JWKS file (`jw`, route `/jwks/`).
-pub fn rs_config() -> String {
-    format!(
-        "{BASE_CONFIG}
-[issuers.rs]
-issuer = \"https://rs.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-public_key_file = \"{{fixtures}}/rsa_pub.pem\"
-
-[issuers.jw]
-issuer = \"https://jw.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-jwks_file = \"{{fixtures}}/jwks_rs.json\"
-
-[[routes]]
-name = \"rs\"
-path_prefix = \"/rs/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"rs\"]
-
-[[routes]]
-name = \"jwks\"
-path_prefix = \"/jwks/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"jw\"]
-"
-    )
-}
 
 // ---------------------------------------------------------------------------
 // paths, ports, temp dirs
