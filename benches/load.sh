@@ -25,7 +25,7 @@
 #   HAProxy <alg>, pool / distinct   HAProxy 2.6 `jwt_verify` (HS256 RS256 ES256; it has
 #                                    no EdDSA) in front of the same upstream
 #
-# then an open-loop fixed-rate run (benches/load/tools.rs `rate`, wrk2-style
+# then an open-loop fixed-rate run (authgate-load-tools `rate`, wrk2-style
 # latency from each request's due time) at 50 % of authgate pass-through's
 # saturation, for the p99 latency that authentication adds: each row in its
 # own window, and paired (one run whose requests alternate between a JWT
@@ -34,8 +34,9 @@
 #
 # authgate's stdout (one JSON line per request) goes to /dev/null: each line is
 # still formatted and written, the cost of a log shipper reading it is not
-# counted. Tokens are minted by benches/load/tools.rs (jsonwebtoken) from the
-# keys in tests/fixtures and kept under target/bench-load/tokens for 12 hours.
+# counted. Tokens are minted by authgate-load-tools (src/bin/authgate-load-tools.rs,
+# jsonwebtoken) from the keys in tests/fixtures and kept under
+# target/bench-load/tokens for 12 hours.
 #
 # Env: ROUNDS (1: times every row is measured, servers restarted each round;
 # the table shows the medians and the range), DURATION (10), WARMUP (2), CONNS
@@ -118,9 +119,12 @@ fi
 cargo build --profile dist --bin authgate >&2 || die "cargo build --profile dist failed"
 AUTHGATE=$ROOT/target/dist/authgate
 [ -x "$AUTHGATE" ] || die "no $AUTHGATE"
-TOOLS=$(cargo bench --bench load_tools --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*load_tools[^"]*"' | tail -1 | cut -d'"' -f4)
-[ -n "$TOOLS" ] && [ -x "$TOOLS" ] || die "cannot build the load_tools bench (cargo bench --bench load_tools --no-run)"
+# The helpers (mint, sessions, ports, rate): a binary behind the load-tools
+# feature, so normal builds and `cargo test` leave it out.
+cargo build --profile dist --features load-tools --bin authgate-load-tools >&2 ||
+  die "cargo build --profile dist --features load-tools --bin authgate-load-tools failed"
+TOOLS=$ROOT/target/dist/authgate-load-tools
+[ -x "$TOOLS" ] || die "no $TOOLS"
 
 # --- work dir, cleanup -----------------------------------------------------
 WORK=$(mktemp -d /tmp/authgate-load.XXXXXX)

@@ -13,15 +13,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn cfg() -> String {
-    format!(
-        "{BASE_CONFIG}
-[[routes]]
-name = \"open\"
-path_prefix = \"/open/\"
-upstream = \"app\"
-auth = \"none\"
-"
-    )
+    GatewayConfig::base().open_route("open", "/open/").toml()
 }
 
 const REQS: &str = "authgate_requests_total";

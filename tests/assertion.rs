@@ -224,16 +224,16 @@ fn py_verify_ok(jwks: &Value, alg: Alg, tokens: &[&str]) -> Vec<(Value, Value)> 
 // ---------------------------------------------------------------------------
 // the gateway
 
-/// `BASE_CONFIG` (route `api`: JWT, no assertion) plus an admin token, `[assertion]`,
+/// `GatewayConfig::base()` (route `api`: JWT, no assertion) plus an admin token, `[assertion]`,
 /// a JWT route `asserted`, and an open route `open`.
 fn config(alg: Alg, key: &Path, previous: &[&Path]) -> String {
     let previous: Vec<String> = previous
         .iter()
         .map(|p| format!("{:?}", p.to_str().unwrap()))
         .collect();
-    format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "asserted"
 path_prefix = "/asserted/"
 upstream = "app"
@@ -258,10 +258,11 @@ issuer = "{ISS}"
 audience = "{AUD}"
 ttl = "{TTL}s"
 "#,
-        alg = alg.name(),
-        key = key.to_str().unwrap(),
-        previous = previous.join(", "),
-    )
+            alg = alg.name(),
+            key = key.to_str().unwrap(),
+            previous = previous.join(", "),
+        ))
+        .toml()
 }
 
 /// GETs the JWKS from the proxy listener without credentials and checks the answer.

@@ -36,29 +36,16 @@ const HANG: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(2500);
 
 fn config(redis_url: &str) -> String {
-    format!(
-        r#"{BASE_CONFIG}
-[admin]
-token_env = "AUTHGATE_ADMIN_TOKEN"
-
-[store]
-kind = "redis"
-url = "{redis_url}"
-on_error = "deny"
-
-[sessions]
-cookie = "sid"
-secrets_env = ["SESSION_SECRET_CURRENT"]
-identity = {{ subject = "userId" }}
-
-[[routes]]
-name = "app"
-path_prefix = "/app/"
-upstream = "app"
-auth = "session"
-
-[[routes]]
-name = "login"
+    GatewayConfig::base()
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .store_redis(redis_url, "deny")
+        .sessions(
+            "cookie = \"sid\"\nsecrets_env = [\"SESSION_SECRET_CURRENT\"]\n\
+             identity = { subject = \"userId\" }",
+        )
+        .route("name = \"app\"\npath_prefix = \"/app/\"\nupstream = \"app\"\nauth = \"session\"")
+        .route(
+            r#"name = "login"
 path = "/login"
 upstream = "app"
 auth = "none"
@@ -66,9 +53,9 @@ auth = "none"
 [[routes.rate_limits]]
 key = "ip"
 limit = 1000000
-window = "1m"
-"#
-    )
+window = "1m""#,
+        )
+        .toml()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -442,102 +429,30 @@ fn redis_chaos_under_load() {
 // ---------------------------------------------------------------------------
 // Redis AUTH
 
-/// A redis-server with `requirepass` and an ACL user, killed on drop.
-struct AuthRedis {
-    port: u16,
-    child: std::process::Child,
-    _dir: std::path::PathBuf,
-}
-
 const REQUIREPASS: &str = "chaos-requirepass-0123456789";
 const ACL_USER: &str = "gateway";
 const ACL_PASS: &str = "chaos-acl-pass-0123456789";
 
-impl AuthRedis {
-    fn start() -> AuthRedis {
-        let dir = temp_dir("redis-auth");
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--requirepass", REQUIREPASS])
-            // an ACL user with every command and key, as a deployment would
-            // give the gateway (narrower ACLs are the operator's choice)
-            .args([
-                "--user",
-                ACL_USER,
-                "on",
-                &format!(">{ACL_PASS}"),
-                "~*",
-                "&*",
-                "+@all",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let r = AuthRedis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let up = poll_until(Duration::from_secs(10), || {
-            r.cmds(&[&["AUTH", REQUIREPASS], &["PING"]])
-                .ok()
-                .filter(|v| v.last().map(String::as_str) == Some("PONG"))
-        });
-        assert!(up.is_some(), "redis-server with requirepass did not start");
-        r
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Several commands over one connection; the replies as text (errors
-    /// as `-ERR ...`).
-    fn cmds(&self, cmds: &[&[&str]]) -> std::io::Result<Vec<String>> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let s = std::net::TcpStream::connect(self.addr())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = Vec::new();
-        for args in cmds {
-            req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-            for a in *args {
-                req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-            }
-        }
-        (&s).write_all(&req)?;
-        let mut r = BufReader::new(s);
-        let mut out = Vec::new();
-        for _ in cmds {
-            let mut line = String::new();
-            r.read_line(&mut line)?;
-            let line = line.trim_end().to_string();
-            if let Some(n) = line.strip_prefix('$') {
-                let n: i64 = n.parse().unwrap_or(-1);
-                if n < 0 {
-                    out.push(String::new());
-                } else {
-                    let mut b = vec![0; n as usize + 2];
-                    r.read_exact(&mut b)?;
-                    out.push(String::from_utf8_lossy(&b[..n as usize]).into_owned());
-                }
-            } else {
-                out.push(line.trim_start_matches(['+', ':']).to_string());
-            }
-        }
-        Ok(out)
-    }
+/// A redis-server with `requirepass` and an ACL user, killed on drop.
+fn auth_redis() -> RedisServer {
+    Redis::new("redis-auth")
+        .requirepass(REQUIREPASS)
+        // an ACL user with every command and key, as a deployment would
+        // give the gateway (narrower ACLs are the operator's choice)
+        .acl_user(&[ACL_USER, "on", &format!(">{ACL_PASS}"), "~*", "&*", "+@all"])
+        .start()
 }
 
-impl Drop for AuthRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Several commands over one connection to `redis`; the replies as text
+/// (errors as `-ERR ...`).
+fn cmds(redis: &RedisServer, cmds: &[&[&str]]) -> std::io::Result<Vec<String>> {
+    Ok(redis_pipeline(&redis.addr(), cmds)?
+        .into_iter()
+        .map(|r| match r {
+            Resp::Error(e) => format!("-{e}"),
+            r => r.text(),
+        })
+        .collect())
 }
 
 /// `redis://:password@` (requirepass) and `redis://user:password@` (ACL)
@@ -545,13 +460,15 @@ impl Drop for AuthRedis {
 /// password fails closed (503), never open.
 #[test]
 fn redis_auth_with_requirepass_and_an_acl_user() {
-    let redis = AuthRedis::start();
+    let redis = auth_redis();
     let sid = new_sid("auth");
     let v = session_value(json!({"userId": "ava"}), 86_400_000, 86_400_000);
     let key = format!("sess:{sid}");
-    let set = redis
-        .cmds(&[&["AUTH", REQUIREPASS], &["SET", &key, &v, "PX", "86400000"]])
-        .unwrap();
+    let set = cmds(
+        &redis,
+        &[&["AUTH", REQUIREPASS], &["SET", &key, &v, "PX", "86400000"]],
+    )
+    .unwrap();
     assert_eq!(set, vec!["OK", "OK"]);
     let cookie = format!("sid={}", session_cookie(&sid, SESSION_SECRET_CURRENT));
     let env = [HS_ENV, SESSION_ENV[0], ADMIN_ENV];

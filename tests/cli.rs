@@ -16,8 +16,12 @@ const UNSET_ENV: &str = "AUTHGATE_TEST_SURELY_UNSET_VAR";
 
 /// The base config with fixed placeholder addresses, as `check` sees it.
 fn good_config() -> String {
-    render(BASE_CONFIG, "127.0.0.1:18080", "127.0.0.1:19090")
-        .replace("{upstream}", "127.0.0.1:3000")
+    render(
+        &GatewayConfig::base().toml(),
+        "127.0.0.1:18080",
+        "127.0.0.1:19090",
+    )
+    .replace("{upstream}", "127.0.0.1:3000")
 }
 
 /// Writes `gateway.toml` into a fresh dir and returns the dir.
@@ -261,7 +265,8 @@ fn serve_fails_when_a_listen_address_is_taken() {
         } else {
             (free.as_str(), taken_addr.as_str())
         };
-        let config = render(BASE_CONFIG, proxy, admin).replace("{upstream}", "127.0.0.1:3000");
+        let config = render(&GatewayConfig::base().toml(), proxy, admin)
+            .replace("{upstream}", "127.0.0.1:3000");
         let dir = write_config(&config);
         let o = run_cli(&["serve", "--config", "gateway.toml"], &[HS_ENV], &dir);
         let (stdout, stderr) = out(&o);
@@ -326,18 +331,12 @@ private_key_file = \"{fixtures}/rsa_priv.pem\"
 /// Base config whose `api` route requires role admin, plus issuer `rs` (with a
 /// private key) and route `/rs/` (also requiring admin).
 fn token_template() -> String {
-    format!(
-        "{BASE_CONFIG}require = {{ roles = [\"admin\"] }}
-{RS_ISSUER}
-[[routes]]
-name = \"rsapi\"
-path_prefix = \"/rs/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"rs\"]
-require = {{ roles = [\"admin\"] }}
-"
-    )
+    GatewayConfig::base()
+        .more("require = { roles = [\"admin\"] }")
+        .extra(RS_ISSUER)
+        .jwt_route("rsapi", "/rs/", &["rs"])
+        .more("require = { roles = [\"admin\"] }")
+        .toml()
 }
 
 /// The template as `token` sees it, written to a fresh dir.

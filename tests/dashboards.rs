@@ -497,13 +497,10 @@ fn alert_rules_and_dashboard_pass_promtool() {
 // the traffic
 
 fn config(redis_url: &str, jwks_url: &str, dead: &str) -> String {
-    format!(
-        r#"[server]
-listen = "{{proxy}}"
-admin_listen = "{{admin}}"
-threads = 2
-
-[admin]
+    GatewayConfig::new()
+        .threads(2)
+        .extra(&format!(
+            r#"[admin]
 token_env = "AUTHGATE_ADMIN_TOKEN"
 
 [store]
@@ -554,7 +551,8 @@ path_prefix = "/broken/"
 upstream = "dead"
 auth = "none"
 "#
-    )
+        ))
+        .toml()
 }
 
 fn remote_token(sub: &str) -> String {

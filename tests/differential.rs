@@ -54,14 +54,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 const LEFTOVER_WAIT: Duration = Duration::from_millis(60);
 
 fn config(direct: bool, upstream: &str) -> String {
-    format!(
-        r#"[server]
-listen = "{{proxy}}"
-admin_listen = "{{admin}}"
-threads = 1
-direct_path = {direct}
-
-[upstreams.app]
+    GatewayConfig::new()
+        .direct_path(direct)
+        .extra(&format!(
+            r#"[upstreams.app]
 addrs = ["{upstream}"]
 read_timeout = "1s"
 
@@ -93,7 +89,8 @@ path_prefix = "/"
 upstream = "app"
 auth = "none"
 "#
-    )
+        ))
+        .toml()
 }
 
 // ---------------------------------------------------------------------------

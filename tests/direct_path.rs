@@ -17,22 +17,10 @@ use std::thread;
 use std::time::Duration;
 
 fn config(upstream: &str) -> String {
-    format!(
-        "[server]
-listen = \"{{proxy}}\"
-admin_listen = \"{{admin}}\"
-threads = 1
-
-[upstreams.app]
-addrs = [\"{upstream}\"]
-
-[[routes]]
-name = \"open\"
-path_prefix = \"/\"
-upstream = \"app\"
-auth = \"none\"
-"
-    )
+    GatewayConfig::new()
+        .upstream("app", &[upstream])
+        .open_route("open", "/")
+        .toml()
 }
 
 /// Reads one request head; `None` when the connection closed first.

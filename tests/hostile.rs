@@ -27,19 +27,13 @@ use std::time::{Duration, Instant};
 /// The client's bound for "doesn't hang".
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// BASE_CONFIG (HS256 issuer `hs`, JWT route `/api/`) plus a public route and
+/// The base config (HS256 issuer `hs`, JWT route `/api/`) plus a public route and
 /// a claim -> header mapping.
 fn config() -> String {
-    BASE_CONFIG.replace(
-        "issuers = [\"hs\"]\n",
-        "issuers = [\"hs\"]\nheaders = { \"X-Tenant\" = \"tenant\", \"X-Name\" = \"profile.name\" }\n",
-    ) + r#"
-[[routes]]
-name = "public"
-path_prefix = "/public/"
-upstream = "app"
-auth = "none"
-"#
+    GatewayConfig::base()
+        .more("headers = { \"X-Tenant\" = \"tenant\", \"X-Name\" = \"profile.name\" }")
+        .open_route("public", "/public/")
+        .toml()
 }
 
 fn start() -> (Gateway, Upstream) {

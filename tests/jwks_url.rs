@@ -24,13 +24,10 @@ const REFRESH: &str = "authgate_jwks_refresh_total";
 
 /// One RS256 issuer `remote` on `jwks_url`, a JWT route `/api/`, the admin token.
 fn config(url: &str, timing: &str) -> String {
-    format!(
-        r#"[server]
-listen = "{{proxy}}"
-admin_listen = "{{admin}}"
-threads = 2
-
-[admin]
+    GatewayConfig::new()
+        .threads(2)
+        .extra(&format!(
+            r#"[admin]
 token_env = "AUTHGATE_ADMIN_TOKEN"
 
 [upstreams.app]
@@ -49,7 +46,8 @@ path_prefix = "/api/"
 upstream = "app"
 auth = "jwt"
 "#
-    )
+        ))
+        .toml()
 }
 
 const TIMING: &str = r#"jwks_cooldown = "10s"
@@ -406,13 +404,10 @@ jwks_max_refresh = "10m""#;
 fn several_issuers_each_with_their_own_jwks() {
     let a = JwksServer::start(&jwks_doc(&[rs_jwk("k1")]));
     let b = JwksServer::start(&jwks_doc(&[rs_jwk("k2")]));
-    let text = format!(
-        r#"[server]
-listen = "{{proxy}}"
-admin_listen = "{{admin}}"
-threads = 2
-
-[upstreams.app]
+    let text = GatewayConfig::new()
+        .threads(2)
+        .extra(&format!(
+            r#"[upstreams.app]
 addrs = ["{{upstream}}"]
 
 [issuers.alpha]
@@ -444,9 +439,10 @@ upstream = "app"
 auth = "jwt"
 issuers = ["beta"]
 "#,
-        a.url(),
-        b.url()
-    );
+            a.url(),
+            b.url()
+        ))
+        .toml();
     let (gw, up) = Gateway::with_upstream(&text, &[]);
     wait_ready(&gw, 10);
     assert_eq!((a.count(), b.count()), (1, 1));

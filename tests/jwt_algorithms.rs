@@ -16,23 +16,20 @@ use serde_json::{json, Value};
 /// Server + upstream, then per (name, alg, key line): an issuer `name` with iss
 /// `https://<name>.test` and a route `/<name>/` bound to it.
 fn config(issuers: &[(&str, &str, String)]) -> String {
-    let mut cfg = String::from(
-        "[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\nthreads = 1\n\n\
-         [upstreams.app]\naddrs = [\"{upstream}\"]\n",
-    );
+    let mut cfg = GatewayConfig::new().upstream("app", &["{upstream}"]);
     for (name, alg, key_line) in issuers {
-        cfg.push_str(&format!(
-            "\n[issuers.{name}]\nissuer = \"https://{name}.test\"\naudiences = [\"api\"]\n\
-             algorithms = [\"{alg}\"]\n{key_line}\nleeway = \"30s\"\n"
-        ));
+        cfg = cfg.issuer(
+            name,
+            &format!(
+                "issuer = \"https://{name}.test\"\naudiences = [\"api\"]\n\
+                 algorithms = [\"{alg}\"]\n{key_line}\nleeway = \"30s\""
+            ),
+        );
     }
     for (name, _, _) in issuers {
-        cfg.push_str(&format!(
-            "\n[[routes]]\nname = \"r_{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"app\"\n\
-             auth = \"jwt\"\nissuers = [\"{name}\"]\n"
-        ));
+        cfg = cfg.jwt_route(&format!("r_{name}"), &format!("/{name}/"), &[name]);
     }
-    cfg
+    cfg.toml()
 }
 
 fn key_file(key: &str, file: &str) -> String {
@@ -259,7 +256,7 @@ fn rs256_from_jwks_file_by_kid() {
 
 #[test]
 fn email_header_absent_without_email_claim() {
-    let (gw, up) = Gateway::with_upstream(BASE_CONFIG, &[HS_ENV]);
+    let (gw, up) = GatewayConfig::base().with_upstream(&[HS_ENV]);
     let t = hs_token(&hs_claims("bob", json!({"roles": "solo"})));
     let r = gw.get_bearer("/api/x", &t);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -272,13 +269,14 @@ fn email_header_absent_without_email_claim() {
 
 #[test]
 fn route_with_several_issuers_selects_by_iss() {
-    let cfg = format!(
-        "{BASE_CONFIG}\n[issuers.rs]\nissuer = \"https://rs.test\"\naudiences = [\"api\"]\n\
-         algorithms = [\"RS256\"]\npublic_key_file = \"{{fixtures}}/rsa_pub.pem\"\n\n\
-         [[routes]]\nname = \"both\"\npath_prefix = \"/both/\"\nupstream = \"app\"\nauth = \"jwt\"\n\
-         issuers = [\"hs\", \"rs\"]\n"
-    );
-    let (gw, up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
+    let (gw, up) = GatewayConfig::base()
+        .issuer(
+            "rs",
+            "issuer = \"https://rs.test\"\naudiences = [\"api\"]\n\
+             algorithms = [\"RS256\"]\npublic_key_file = \"{fixtures}/rsa_pub.pem\"",
+        )
+        .jwt_route("both", "/both/", &["hs", "rs"])
+        .with_upstream(&[HS_ENV]);
     let r = gw.get_bearer("/both/1", &hs_token(&hs_claims("h", json!({}))));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().header("x-auth-issuer").as_deref(), Some("hs"));

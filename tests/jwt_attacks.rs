@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn start() -> (Gateway, Upstream) {
-    Gateway::with_upstream(&rs_config(), &[HS_ENV])
+    GatewayConfig::rs().with_upstream(&[HS_ENV])
 }
 
 #[test]

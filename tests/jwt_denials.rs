@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 fn start() -> (Gateway, Upstream) {
-    Gateway::with_upstream(&rs_config(), &[HS_ENV])
+    GatewayConfig::rs().with_upstream(&[HS_ENV])
 }
 
 #[test]
@@ -209,7 +209,15 @@ fn wrong_audience() {
 
 #[test]
 fn issuer_without_audiences_does_not_check_aud() {
-    let cfg = BASE_CONFIG.replace("audiences = [\"api\"]\n", "");
+    let cfg = GatewayConfig::new()
+        .upstream("app", &["{upstream}"])
+        .issuer(
+            "hs",
+            "issuer = \"https://hs.test\"\nalgorithms = [\"HS256\"]\n\
+             secret_env = \"TEST_HS_SECRET\"\nleeway = \"30s\"",
+        )
+        .jwt_route("api", "/api/", &["hs"])
+        .toml();
     let (gw, _up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
     for aud in [json!("anything"), json!(null)] {
         let t = hs_token(&hs_claims("alice", json!({"aud": aud})));

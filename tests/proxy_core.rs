@@ -75,18 +75,15 @@ fn config(direct: bool, addrs: &[&str], upstream_extra: &str, routes: &str) -> S
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        "[server]
-listen = \"{{proxy}}\"
-admin_listen = \"{{admin}}\"
-threads = 1
-direct_path = {direct}
-
-[upstreams.app]
+    GatewayConfig::new()
+        .direct_path(direct)
+        .extra(&format!(
+            "[upstreams.app]
 addrs = [{addrs}]
 {upstream_extra}
 {HS_ISSUER}{routes}"
-    )
+        ))
+        .toml()
 }
 
 /// Both settings of `[server] direct_path`, named for assertion messages.
@@ -902,25 +899,15 @@ fn a_revived_address_returns_after_fail_timeout_general_path() {
 #[test]
 fn check_refuses_max_fails_zero() {
     let text = |max_fails: u32| {
-        format!(
-            "[server]
-listen = \"127.0.0.1:18080\"
-admin_listen = \"127.0.0.1:19090\"
-threads = 1
-direct_path = false
-
-[upstreams.app]
-addrs = [\"127.0.0.1:3000\"]
-max_fails = {max_fails}
-fail_timeout = \"1s\"
-
-[[routes]]
-name = \"open\"
-path_prefix = \"/\"
-upstream = \"app\"
-auth = \"none\"
-"
-        )
+        let cfg = GatewayConfig::new()
+            .direct_path(false)
+            .upstream_with(
+                "app",
+                &["127.0.0.1:3000"],
+                &format!("max_fails = {max_fails}\nfail_timeout = \"1s\""),
+            )
+            .open_route("open", "/");
+        render(&cfg.toml(), "127.0.0.1:18080", "127.0.0.1:19090")
     };
     let dir = temp_dir("proxy-core-check");
     std::fs::write(dir.join("good.toml"), text(3)).unwrap();

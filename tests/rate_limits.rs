@@ -49,15 +49,14 @@ fn redis_store(url: &str, on_error: &str) -> String {
 /// A whole config: `store` is a `[store]` table or "" (memory), `trusted` the
 /// inside of `trusted_proxies = [...]`. `{upstream}` is left for the harness.
 fn config(store: &str, trusted: &str, routes: &[String]) -> String {
-    let mut s =
-        String::from("[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\nthreads = 1\n");
-    s.push_str(&format!("trusted_proxies = [{trusted}]\n\n"));
-    s.push_str(store);
-    s.push_str("\n[upstreams.app]\naddrs = [\"{upstream}\"]\n");
+    let mut c = GatewayConfig::new()
+        .server(&format!("trusted_proxies = [{trusted}]"))
+        .extra(store)
+        .upstream("app", &["{upstream}"]);
     for r in routes {
-        s.push_str(r);
+        c = c.extra(r);
     }
-    s
+    c.toml()
 }
 
 /// The gateway in front of a login upstream (401 on `password=wrong`).

@@ -13,7 +13,6 @@
 
 mod common;
 
-use common::cluster::RedisNode;
 use common::ops::Pki;
 use common::*;
 use serde_json::json;
@@ -27,31 +26,20 @@ const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef-redis-auth";
 const PASSWORD: &str = "s3cret-redis-pass/with:odd@chars";
 const REVOKED_JTIS: &str = "authgate:{revoked}:jti";
 
-const CONFIG: &str = r#"[server]
-listen = "{proxy}"
-admin_listen = "{admin}"
-
-[admin]
-token_env = "AUTHGATE_ADMIN_TOKEN"
-
-{store}
-
-[upstreams.app]
-addrs = ["{upstream}"]
-
-[issuers.hs]
-issuer = "https://hs.test"
-algorithms = ["HS256"]
-secret_env = "TEST_HS_SECRET"
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "jwt"
-
-[[routes]]
-name = "login"
+/// The gateway's config around a `[store]` table (`{upstream}` still to fill).
+fn config(store: &str) -> String {
+    GatewayConfig::new()
+        .default_threads()
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .extra(store)
+        .upstream("app", &["{upstream}"])
+        .issuer(
+            "hs",
+            "issuer = \"https://hs.test\"\nalgorithms = [\"HS256\"]\nsecret_env = \"TEST_HS_SECRET\"",
+        )
+        .route("name = \"api\"\npath_prefix = \"/api/\"\nupstream = \"app\"\nauth = \"jwt\"")
+        .route(
+            r#"name = "login"
 path = "/login"
 upstream = "app"
 auth = "none"
@@ -59,19 +47,20 @@ auth = "none"
 [[routes.rate_limits]]
 key = "ip"
 limit = 3
-window = "1h"
-"#;
+window = "1h""#,
+        )
+        .toml()
+}
 
 /// A `redis-server` with `extra` arguments (`{tls_port}` replaced by a free
 /// port, also returned), answering on a plain loopback port too.
-fn server(extra: &[String]) -> (RedisNode, u16) {
+fn server(extra: &[String]) -> (RedisServer, u16) {
     let tls_port = free_port();
     let extra: Vec<String> = extra
         .iter()
         .map(|a| a.replace("{tls_port}", &tls_port.to_string()))
         .collect();
-    let args: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let node = RedisNode::plain("redis-auth", &args);
+    let node = Redis::new("redis-auth").args(extra.iter().cloned()).start();
     if extra.iter().any(|a| a == "--tls-port") {
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
@@ -92,9 +81,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
 
 fn start_pair(store: &str) -> (Gateway, Gateway, Upstream) {
     let up = Upstream::start();
-    let cfg = CONFIG
-        .replace("{store}", store)
-        .replace("{upstream}", &up.addr);
+    let cfg = config(store).replace("{upstream}", &up.addr);
     let a = Gateway::start(&cfg, &env());
     let b = Gateway::start(&cfg, &env());
     for gw in [&a, &b] {
@@ -137,7 +124,7 @@ fn revoke(gw: &Gateway, jti: &str) -> Response {
 
 /// Revoked on `a`, enforced on `b` within 1 s; in Redis; the shared
 /// rate limit lets exactly 3 of 6 through across both.
-fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &RedisNode, auth: &[&str]) {
+fn assert_store_shared(a: &Gateway, b: &Gateway, redis: &RedisServer, auth: &[&str]) {
     let jti = format!("jti-{}", now());
     let token = hs_token(&hs_claims("alice", json!({ "jti": jti })));
     assert_eq!(b.get_bearer("/api/x", &token).status, 200);
@@ -202,9 +189,7 @@ fn a_wrong_password_fails_closed_and_is_not_logged() {
         "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_env = \"WRONG_PASSWORD\"",
         redis.port
     );
-    let cfg = CONFIG
-        .replace("{store}", &store)
-        .replace("{upstream}", &up.addr);
+    let cfg = config(&store).replace("{upstream}", &up.addr);
     let mut e = env();
     e.push(("WRONG_PASSWORD", "not-the-password-4242"));
     let gw = Gateway::start(&cfg, &e);
@@ -260,11 +245,7 @@ fn an_acl_user_in_the_url_or_with_username_and_password_file() {
         pass_file.display()
     );
     let up = Upstream::start();
-    let cfg = |store: &str| {
-        CONFIG
-            .replace("{store}", store)
-            .replace("{upstream}", &up.addr)
-    };
+    let cfg = |store: &str| config(store).replace("{upstream}", &up.addr);
     let a = Gateway::start(&cfg(&in_url), &env());
     let b = Gateway::start(&cfg(&with_file), &env());
     wait_ready(&a);
@@ -309,12 +290,7 @@ fn rediss_with_a_ca_file_and_requirepass() {
         &pki.ca.display().to_string(),
         &other.ca.display().to_string(),
     );
-    let gw = Gateway::start(
-        &CONFIG
-            .replace("{store}", &wrong_ca)
-            .replace("{upstream}", &up.addr),
-        &env(),
-    );
+    let gw = Gateway::start(&config(&wrong_ca).replace("{upstream}", &up.addr), &env());
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(gw.admin_get("/readyz").status, 503);
     assert_eq!(revoke(&gw, "j-2").status, 503);
@@ -343,9 +319,7 @@ fn check_explains_store_credential_and_tls_mistakes() {
     ];
     fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
     for (store, want) in cases {
-        let cfg = CONFIG
-            .replace("{store}", store)
-            .replace("{upstream}", "127.0.0.1:1");
+        let cfg = config(store).replace("{upstream}", "127.0.0.1:1");
         let path = dir.join("gateway.toml");
         fs::write(&path, render(&cfg, "127.0.0.1:1", "127.0.0.1:2")).unwrap();
         let out = run_cli(&["check", "--config", path.to_str().unwrap()], &env(), &dir);

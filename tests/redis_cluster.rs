@@ -22,7 +22,7 @@
 mod common;
 
 use authgate::testing::session::sign_cookie;
-use common::cluster::{subscribers, tracking_clients, RedisCluster, RedisNode};
+use common::cluster::{subscribers, tracking_clients, RedisCluster};
 use common::*;
 use serde_json::{json, Value};
 use std::thread;
@@ -44,9 +44,9 @@ fn config(seeds: &[String]) -> String {
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "app"
 path_prefix = "/app/"
 upstream = "app"
@@ -77,7 +77,8 @@ cookie = "sid"
 secrets_env = ["SESSION_SECRET"]
 identity = {{ subject = "userId" }}
 "#
-    )
+        ))
+        .toml()
 }
 
 fn env() -> [(&'static str, &'static str); 3] {
@@ -212,7 +213,7 @@ impl Fleet {
             .collect()
     }
 
-    fn owner(&self, s: &Session) -> &RedisNode {
+    fn owner(&self, s: &Session) -> &RedisServer {
         self.cluster.owner(&s.key)
     }
 
@@ -423,7 +424,7 @@ fn sessions_of_many_users_spread_over_every_master() {
 }
 
 /// A warm session on the first master, and the master it will move to.
-fn migration_setup(f: &Fleet) -> (Session, u16, &RedisNode) {
+fn migration_setup(f: &Fleet) -> (Session, u16, &RedisServer) {
     let s = f.one_session_per_master("mig").remove(0);
     for (_, gw) in f.both() {
         f.warm(gw, &s);
@@ -714,7 +715,7 @@ fn revoke_jti_and_propagate(f: &Fleet, on: &str, jti: &str, what: &str) {
 }
 
 /// The master the revocation slot moves to, and the slot.
-fn revocation_migration(f: &Fleet) -> (u16, &RedisNode) {
+fn revocation_migration(f: &Fleet) -> (u16, &RedisServer) {
     let slot = f.cluster.slot(REVOKED_JTIS);
     let from = f.cluster.slot_owner(slot).port;
     (

@@ -18,7 +18,7 @@
 mod common;
 
 use authgate::testing::session::sign_cookie;
-use common::cluster::{redis_pipeline, subscribers, tracking_clients, SentinelSetup};
+use common::cluster::{subscribers, tracking_clients, SentinelSetup};
 use common::*;
 use serde_json::{json, Value};
 use std::thread;
@@ -36,9 +36,9 @@ const DAY_MS: i64 = 86_400_000;
 const LIMIT: usize = 5;
 
 fn config(sentinel_url: &str, master: &str) -> String {
-    format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "app"
 path_prefix = "/app/"
 upstream = "app"
@@ -70,7 +70,8 @@ cookie = "sid"
 secrets_env = ["SESSION_SECRET"]
 identity = {{ subject = "userId" }}
 "#
-    )
+        ))
+        .toml()
 }
 
 fn env() -> [(&'static str, &'static str); 3] {

@@ -20,10 +20,10 @@ const RELOADS: &str = "authgate_config_reloads_total";
 
 /// The base config plus the admin token and an open route.
 fn base() -> String {
-    format!(
-        "{}\n[admin]\ntoken_env = \"AUTHGATE_ADMIN_TOKEN\"\n\n[[routes]]\nname = \"open\"\npath_prefix = \"/open/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        BASE_CONFIG
-    )
+    GatewayConfig::base()
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .open_route("open", "/open/")
+        .toml()
 }
 
 const NEW_ROUTE: &str = r#"
@@ -203,7 +203,7 @@ fn reload_changes_require_and_the_admin_token() {
 
 #[test]
 fn no_admin_token_means_no_admin_reload() {
-    let (gw, _up) = Gateway::with_upstream(BASE_CONFIG, &[HS_ENV]);
+    let (gw, _up) = GatewayConfig::base().with_upstream(&[HS_ENV]);
     let r = gw.admin_post("/admin/reload", "anything", "");
     assert_eq!(r.status, 404, "{}", r.text());
 }

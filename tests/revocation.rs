@@ -39,37 +39,6 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 /// Poll interval while waiting for a propagation.
 const POLL: Duration = Duration::from_millis(20);
 
-const CONFIG: &str = r#"[server]
-listen = "{proxy}"
-admin_listen = "{admin}"
-threads = 2
-
-{admin_section}
-
-{store_section}
-
-[upstreams.app]
-addrs = ["{upstream}"]
-
-[issuers.hs]
-issuer = "https://hs.test"
-algorithms = ["HS256"]
-secret_env = "TEST_HS_SECRET"
-
-[issuers.hs2]
-issuer = "https://hs2.test"
-algorithms = ["HS256"]
-secret_env = "TEST_HS2_SECRET"
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "jwt"
-"#;
-
-const ADMIN_SECTION: &str = "[admin]\ntoken_env = \"AUTHGATE_ADMIN_TOKEN\"";
-
 const SESSION_EXTRA: &str = r#"
 [[routes]]
 name = "app"
@@ -94,11 +63,23 @@ fn env() -> Vec<(&'static str, &'static str)> {
 
 /// The brief's config (plus a second issuer `hs2`), `{upstream}` still to fill.
 fn config(admin: bool, store: &str, extra: &str) -> String {
-    let mut c = CONFIG
-        .replace("{admin_section}", if admin { ADMIN_SECTION } else { "" })
-        .replace("{store_section}", store);
-    c.push_str(extra);
-    c
+    let mut c = GatewayConfig::new().threads(2);
+    if admin {
+        c = c.admin_token_env("AUTHGATE_ADMIN_TOKEN");
+    }
+    c.extra(store)
+        .upstream("app", &["{upstream}"])
+        .issuer(
+            "hs",
+            "issuer = \"https://hs.test\"\nalgorithms = [\"HS256\"]\nsecret_env = \"TEST_HS_SECRET\"",
+        )
+        .issuer(
+            "hs2",
+            "issuer = \"https://hs2.test\"\nalgorithms = [\"HS256\"]\nsecret_env = \"TEST_HS2_SECRET\"",
+        )
+        .route("name = \"api\"\npath_prefix = \"/api/\"\nupstream = \"app\"\nauth = \"jwt\"")
+        .extra(extra)
+        .toml()
 }
 
 fn redis_store(url: &str) -> String {

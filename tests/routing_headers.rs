@@ -10,8 +10,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-const SERVER: &str = "[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\nthreads = 1\n";
-
 fn route(name: &str, matcher: &str, upstream: &str, auth: &str) -> String {
     format!(
         "\n[[routes]]\nname = \"{name}\"\n{matcher}\nupstream = \"{upstream}\"\nauth = \"{auth}\"\n"
@@ -22,8 +20,9 @@ fn route(name: &str, matcher: &str, upstream: &str, auth: &str) -> String {
 fn exact_path_beats_prefix_and_longest_prefix_wins() {
     let (short, long, exact) = (Upstream::start(), Upstream::start(), Upstream::start());
     // declared in the order a first-match router would get wrong
-    let cfg = format!(
-        "{SERVER}
+    let cfg = GatewayConfig::new()
+        .extra(&format!(
+            "
 [upstreams.short]
 addrs = [\"{}\"]
 [upstreams.long]
@@ -31,13 +30,14 @@ addrs = [\"{}\"]
 [upstreams.exact]
 addrs = [\"{}\"]
 {}{}{}",
-        short.addr,
-        long.addr,
-        exact.addr,
-        route("short", "path_prefix = \"/r/\"", "short", "none"),
-        route("long", "path_prefix = \"/r/deep/\"", "long", "none"),
-        route("exact", "path = \"/r/deep/exact\"", "exact", "none"),
-    );
+            short.addr,
+            long.addr,
+            exact.addr,
+            route("short", "path_prefix = \"/r/\"", "short", "none"),
+            route("long", "path_prefix = \"/r/deep/\"", "long", "none"),
+            route("exact", "path = \"/r/deep/exact\"", "exact", "none"),
+        ))
+        .toml();
     let gw = Gateway::start(&cfg, &[]);
     let hits = || (short.hits(), long.hits(), exact.hits());
     let ok = |path: &str| {
@@ -68,8 +68,9 @@ addrs = [\"{}\"]
 #[test]
 fn host_and_methods_narrow_routes() {
     let (hosted, any, post) = (Upstream::start(), Upstream::start(), Upstream::start());
-    let cfg = format!(
-        "{SERVER}
+    let cfg = GatewayConfig::new()
+        .extra(&format!(
+            "
 [upstreams.hosted]
 addrs = [\"{}\"]
 [upstreams.any]
@@ -79,13 +80,14 @@ addrs = [\"{}\"]
 {}host = \"a.example\"
 {}{}methods = [\"POST\", \"PUT\"]
 ",
-        hosted.addr,
-        any.addr,
-        post.addr,
-        route("hosted", "path_prefix = \"/h/x/\"", "hosted", "none"),
-        route("any", "path_prefix = \"/h/\"", "any", "none"),
-        route("post", "path_prefix = \"/m/\"", "post", "none"),
-    );
+            hosted.addr,
+            any.addr,
+            post.addr,
+            route("hosted", "path_prefix = \"/h/x/\"", "hosted", "none"),
+            route("any", "path_prefix = \"/h/\"", "any", "none"),
+            route("post", "path_prefix = \"/m/\"", "post", "none"),
+        ))
+        .toml();
     let gw = Gateway::start(&cfg, &[]);
     let r = gw.get("/h/x/1", &[("Host", "a.example")]);
     assert_eq!(r.status, 200);
@@ -109,11 +111,15 @@ addrs = [\"{}\"]
 
 /// `api` (jwt, maps sub/tenant), `public` (none), both on the same upstream.
 fn mapped_config() -> String {
-    format!(
-        "{}headers = {{ \"X-User-Id\" = \"sub\", \"X-Tenant\" = \"tenant\" }}\n{}",
-        BASE_CONFIG,
-        route("public", "path_prefix = \"/public/\"", "app", "none")
-    )
+    GatewayConfig::base()
+        .more("headers = { \"X-User-Id\" = \"sub\", \"X-Tenant\" = \"tenant\" }")
+        .extra(&route(
+            "public",
+            "path_prefix = \"/public/\"",
+            "app",
+            "none",
+        ))
+        .toml()
 }
 
 /// Identities keep only the claims a mapping reads (runtime `kept_claims`),
@@ -121,11 +127,9 @@ fn mapped_config() -> String {
 /// included, must be the same on the verifying request and on cache hits.
 #[test]
 fn mapped_claims_reach_the_upstream_on_cache_hits_too() {
-    let config = format!(
-        "{}headers = {{ \"X-Org\" = \"org.id\", \"X-Plan\" = \"plan\" }}\n",
-        BASE_CONFIG
-    );
-    let (gw, up) = Gateway::with_upstream(&config, &[HS_ENV]);
+    let (gw, up) = GatewayConfig::base()
+        .more("headers = { \"X-Org\" = \"org.id\", \"X-Plan\" = \"plan\" }")
+        .with_upstream(&[HS_ENV]);
     let t = hs_token(&hs_claims(
         "carol",
         json!({"org": {"id": "o7", "name": "x"}, "plan": "pro", "other": "y"}),
@@ -207,13 +211,14 @@ fn spoofed_identity_headers_never_reach_the_upstream() {
 
 #[test]
 fn required_roles_and_scopes() {
-    let cfg = format!(
-        "{BASE_CONFIG}{}require = {{ roles = [\"admin\"] }}\n{}require = {{ scopes = [\"orders:read\"] }}\n\
-         {}require = {{ roles = [\"admin\", \"ops\"], scopes = [\"a\", \"b\"] }}\n",
-        route("ops", "path_prefix = \"/ops/\"", "app", "jwt"),
-        route("orders", "path_prefix = \"/orders/\"", "app", "jwt"),
-        route("both", "path_prefix = \"/both/\"", "app", "jwt"),
-    );
+    let cfg = GatewayConfig::base()
+        .extra(&route("ops", "path_prefix = \"/ops/\"", "app", "jwt"))
+        .more("require = { roles = [\"admin\"] }")
+        .extra(&route("orders", "path_prefix = \"/orders/\"", "app", "jwt"))
+        .more("require = { scopes = [\"orders:read\"] }")
+        .extra(&route("both", "path_prefix = \"/both/\"", "app", "jwt"))
+        .more("require = { roles = [\"admin\", \"ops\"], scopes = [\"a\", \"b\"] }")
+        .toml();
     let (gw, up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
     let forbidden = |path: &str, extra: serde_json::Value, reason: &str| {
         let t = hs_token(&hs_claims("alice", extra.clone()));
@@ -280,11 +285,10 @@ fn required_roles_and_scopes() {
 
 #[test]
 fn dead_upstream_is_502() {
-    let cfg = format!(
-        "{}{}",
-        BASE_CONFIG.replace("{upstream}", &dead_addr()),
-        route("open", "path_prefix = \"/open/\"", "app", "none")
-    );
+    let cfg = GatewayConfig::base()
+        .extra(&route("open", "path_prefix = \"/open/\"", "app", "none"))
+        .toml()
+        .replace("{upstream}", &dead_addr());
     let gw = Gateway::start(&cfg, &[HS_ENV]);
     let r = gw.get("/open/x", &[]);
     assert_error(&r, 502, "bad_gateway", "upstream_error");
@@ -297,12 +301,14 @@ fn dead_upstream_is_502() {
 #[test]
 fn two_addrs_share_the_traffic() {
     let (a, b) = (Upstream::start(), Upstream::start());
-    let cfg = format!(
-        "{SERVER}\n[upstreams.pair]\naddrs = [\"{}\", \"{}\"]\n{}",
-        a.addr,
-        b.addr,
-        route("open", "path_prefix = \"/\"", "pair", "none")
-    );
+    let cfg = GatewayConfig::new()
+        .extra(&format!(
+            "\n[upstreams.pair]\naddrs = [\"{}\", \"{}\"]\n{}",
+            a.addr,
+            b.addr,
+            route("open", "path_prefix = \"/\"", "pair", "none")
+        ))
+        .toml();
     let gw = Gateway::start(&cfg, &[]);
     for i in 0..10 {
         let r = gw.get(&format!("/n/{i}"), &[]);
@@ -319,11 +325,9 @@ fn two_addrs_share_the_traffic() {
 
 #[test]
 fn forwarded_headers_authorization_and_body() {
-    let cfg = format!(
-        "{}{}",
-        BASE_CONFIG,
-        route("open", "path_prefix = \"/open/\"", "app", "none")
-    );
+    let cfg = GatewayConfig::base()
+        .extra(&route("open", "path_prefix = \"/open/\"", "app", "none"))
+        .toml();
     let (gw, up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
 
     // untrusted peer (trusted_proxies defaults to empty): XFF replaced
@@ -385,10 +389,10 @@ fn forwarded_headers_authorization_and_body() {
 
 #[test]
 fn trusted_proxy_appends_peer() {
-    let cfg = BASE_CONFIG.replace(
-        "threads = 1\n",
-        "threads = 1\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-    ) + &route("open", "path_prefix = \"/open/\"", "app", "none");
+    let cfg = GatewayConfig::base()
+        .trusted_proxies(&["127.0.0.1/32"])
+        .extra(&route("open", "path_prefix = \"/open/\"", "app", "none"))
+        .toml();
     let (gw, up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
     let r = gw.get("/open/x", &[("X-Forwarded-For", "1.2.3.4")]);
     assert_eq!(r.status, 200);

@@ -129,13 +129,10 @@ impl Drop for ExpressApp {
 }
 
 fn config(redis_url: &str, express: &str) -> String {
-    format!(
-        r#"[server]
-listen = "{{proxy}}"
-admin_listen = "{{admin}}"
-threads = 2
-
-[store]
+    GatewayConfig::new()
+        .threads(2)
+        .extra(&format!(
+            r#"[store]
 kind = "redis"
 url = "{redis_url}"
 on_error = "deny"
@@ -173,7 +170,8 @@ auth = "session"
 login_redirect = "/login"
 require = {{ roles = ["admin"] }}
 "#
-    )
+        ))
+        .toml()
 }
 
 /// The `sid=<value>` pair of the response's Set-Cookie for `sid`, and its attributes.

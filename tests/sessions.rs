@@ -23,9 +23,9 @@ const DAY_MS: i64 = 86_400_000;
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
 fn config(redis_url: &str) -> String {
-    format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "app"
 path_prefix = "/app/"
 upstream = "app"
@@ -73,7 +73,8 @@ touch_interval = "1s"
 identity = {{ subject = "userId", email = "email", roles = "role" }}
 allowed_origins = ["https://app.example"]
 "#
-    )
+        ))
+        .toml()
 }
 
 /// A gateway on a fresh Redis. Fields drop in order: the gateway goes first.
@@ -978,9 +979,9 @@ fn secrets_files_default_cookie_name_prefix_db_and_dotted_identity() {
     std::fs::write(&cur, format!("{SESSION_SECRET_CURRENT}\n")).unwrap();
     std::fs::write(&prev, SESSION_SECRET_PREVIOUS).unwrap();
     let url = format!("redis://127.0.0.1:{}/3", redis.port);
-    let cfg = format!(
-        r#"{BASE_CONFIG}
-[[routes]]
+    let cfg = GatewayConfig::base()
+        .extra(&format!(
+            r#"[[routes]]
 name = "app"
 path_prefix = "/app/"
 upstream = "app"
@@ -995,9 +996,10 @@ secrets_files = ["{}", "{}"]
 key_prefix = "myapp:sess:"
 identity = {{ subject = "user.id", email = "user.email", roles = "user.roles" }}
 "#,
-        cur.display(),
-        prev.display()
-    );
+            cur.display(),
+            prev.display()
+        ))
+        .toml();
     let (gw, up) = Gateway::with_upstream(&cfg, &[HS_ENV]);
     let sid = new_sid("files");
     let key = format!("myapp:sess:{sid}");

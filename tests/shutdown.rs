@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 const GRACE_SECS: u64 = 3;
 
 fn config(upstream: &str) -> String {
-    BASE_CONFIG
-        .replace("threads = 1", "threads = 2\ngrace_period = \"3s\"")
+    GatewayConfig::base()
+        .threads(2)
+        .server("grace_period = \"3s\"")
+        .toml()
         .replace("{upstream}", upstream)
 }
 
@@ -101,10 +103,9 @@ fn sigterm_lets_requests_in_flight_finish_then_exits() {
 
 #[test]
 fn sigterm_on_an_idle_gateway_exits_cleanly() {
-    let (mut gw, _up) = Gateway::with_upstream(
-        &BASE_CONFIG.replace("threads = 1", "threads = 1\ngrace_period = \"1s\""),
-        &[HS_ENV],
-    );
+    let (mut gw, _up) = GatewayConfig::base()
+        .server("grace_period = \"1s\"")
+        .with_upstream(&[HS_ENV]);
     let tok = hs_token(&hs_claims("alice", serde_json::json!({})));
     assert_eq!(gw.get_bearer("/api/x", &tok).status, 200);
     gw.signal("-TERM");

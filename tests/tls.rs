@@ -13,14 +13,9 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn tls_config(cert: &Path, key: &Path) -> String {
-    BASE_CONFIG.replace(
-        "threads = 1",
-        &format!(
-            "threads = 1\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
-            cert.display(),
-            key.display()
-        ),
-    )
+    GatewayConfig::base()
+        .tls(&cert.display().to_string(), &key.display().to_string())
+        .toml()
 }
 
 fn port_of(addr: &str) -> &str {
@@ -142,8 +137,9 @@ fn tls_upstream_verified_with_ca_file_and_sni_works() {
     let pki = Pki::new("back");
     let backend = backend(&pki);
     let ca = pki.ca.display().to_string();
+    let base = GatewayConfig::base();
     let text = format!(
-        "{BASE_CONFIG}{}{}",
+        "{base}{}{}",
         tls_upstream(
             "secure",
             &backend.addr,
@@ -179,8 +175,9 @@ fn tls_upstream_with_a_wrong_ca_or_name_is_502() {
     let pki = Pki::new("back");
     let backend = backend(&pki);
     let wrong = Pki::new("wrong");
+    let base = GatewayConfig::base();
     let text = format!(
-        "{BASE_CONFIG}{}{}{}",
+        "{base}{}{}{}",
         tls_upstream(
             "wrongca",
             &backend.addr,
@@ -227,8 +224,9 @@ fn a_pooled_connection_is_not_reused_for_an_upstream_with_another_ca() {
     let pki = Pki::new("back");
     let backend = backend(&pki);
     let wrong = Pki::new("wrong");
+    let base = GatewayConfig::base();
     let text = format!(
-        "{BASE_CONFIG}{}{}",
+        "{base}{}{}",
         tls_upstream(
             "secure",
             &backend.addr,
@@ -257,8 +255,9 @@ fn a_reload_that_changes_ca_file_applies_to_the_next_request() {
     let pki = Pki::new("back");
     let backend = backend(&pki);
     let wrong = Pki::new("wrong");
+    let base = GatewayConfig::base();
     let tmpl = format!(
-        "{BASE_CONFIG}\n[admin]\ntoken_env = \"AUTHGATE_ADMIN_TOKEN\"\n{}",
+        "{base}\n[admin]\ntoken_env = \"AUTHGATE_ADMIN_TOKEN\"\n{}",
         tls_upstream(
             "secure",
             &backend.addr,
@@ -333,8 +332,12 @@ fn check_rejects_unusable_tls_files() {
     std::fs::copy(&key, dir.join("key.pem")).unwrap();
     std::fs::copy(&pki.ca, dir.join("ca.pem")).unwrap();
     let cfg = |cert: &str, key: &str| {
-        let base = render(BASE_CONFIG, "127.0.0.1:18080", "127.0.0.1:19090")
-            .replace("{upstream}", "127.0.0.1:3000");
+        let base = render(
+            &GatewayConfig::base().toml(),
+            "127.0.0.1:18080",
+            "127.0.0.1:19090",
+        )
+        .replace("{upstream}", "127.0.0.1:3000");
         base.replace(
             "threads = 1",
             &format!("threads = 1\ntls = {{ cert_file = \"{cert}\", key_file = \"{key}\" }}"),
@@ -367,8 +370,12 @@ fn check_rejects_unusable_tls_files() {
     assert_error_at(&stderr, line_of(&text, "cert_file"), "garbage.pem");
 
     // upstream ca_file: without tls = true, missing, garbage
-    let base = render(BASE_CONFIG, "127.0.0.1:18080", "127.0.0.1:19090")
-        .replace("{upstream}", "127.0.0.1:3000");
+    let base = render(
+        &GatewayConfig::base().toml(),
+        "127.0.0.1:18080",
+        "127.0.0.1:19090",
+    )
+    .replace("{upstream}", "127.0.0.1:3000");
     for (extra, needle) in [
         ("ca_file = \"ca.pem\"", "tls"),
         ("tls = true\nca_file = \"missing-ca.pem\"", "missing-ca.pem"),

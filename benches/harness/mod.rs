@@ -3,7 +3,8 @@
 //! ports, a keep-alive HTTP/1.1 client, and closed-loop client threads.
 //! Each bench includes it with `#[path = "harness/mod.rs"] mod harness;`
 //! (a folder with `mod.rs` is not a bench target of its own), and each uses
-//! a different part of it.
+//! a different part of it. `redis-server` is started by the tests' launcher,
+//! `tests/common/redis_server.rs`, included here by path.
 #![allow(dead_code)]
 
 use std::fs;
@@ -35,37 +36,22 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A `redis-server` child on a free loopback port, killed on drop.
+/// The tests' `redis-server` launcher (one copy for tests and benches).
+#[path = "../../tests/common/redis_server.rs"]
+pub mod redis_server;
+
+/// A `redis-server` child on a free loopback port (the tests' launcher,
+/// [`redis_server::Redis`], with its log in the bench folder), killed on drop.
 pub struct RedisServer {
-    pub child: Child,
+    pub server: redis_server::RedisServer,
     pub addr: SocketAddr,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (./scripts/prereqs.sh installs it)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let server = RedisServer { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = server.try_connect() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(50));
-        }
+        let server = redis_server::Redis::new("bench-redis").dir(dir).start();
+        let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+        RedisServer { server, addr }
     }
 
     pub fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
@@ -74,13 +60,6 @@ impl RedisServer {
 
     pub fn connect(&self) -> redis::Connection {
         self.try_connect().expect("connect to redis-server")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,249 +3,22 @@
 //! child of the test, on free loopback ports (never the machine's 6379), in a
 //! temp dir of its own, with no persistence, and is killed when its guard drops.
 //!
-//! - [`RedisNode`]: one `redis-server` with any arguments (a cluster node, a
-//!   replica, a sentinel).
+//! Every node is a [`RedisServer`] from the one launcher, [`Redis`]
+//! (`redis_server.rs`).
 //! - [`RedisCluster`]: N masters (no replicas) joined by `redis-cli --cluster create`;
 //!   a client that follows `MOVED`/`ASK`, `redis-cli -c`, key counts per master,
 //!   slot ownership and a manual slot migration.
 //! - [`SentinelSetup`]: a master, its replica and one sentinel monitoring them.
 //! - [`tracking_clients`], [`subscribers`]: what the gateways hold open on a node.
 
-use super::{free_port, read_resp, redis_query, temp_dir, Resp};
+use super::{redis_pipeline, redis_query, temp_dir, Redis, RedisServer, Resp};
 use std::fs;
-use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long a node, a cluster or a sentinel setup may take to come up.
+/// How long a cluster or a sentinel setup may take to come up.
 const START_DEADLINE: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------
-// one redis-server process
-
-/// A `redis-server` child process. Killed (SIGKILL) on drop; its directory
-/// (config, log, `nodes.conf`) is removed unless the test is panicking.
-pub struct RedisNode {
-    pub port: u16,
-    pub dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisNode {
-    /// Starts `redis-server <args(port, dir)>` in a fresh temp dir (stdout and
-    /// stderr to `redis.log` there) and waits until it answers `PING`. When
-    /// the process exits during start-up (a port taken meanwhile), tries new ports.
-    pub fn start(tag: &str, args: impl Fn(u16, &Path) -> Vec<String>) -> RedisNode {
-        RedisNode::start_on(tag, free_port, args)
-    }
-
-    /// [`RedisNode::start`] on ports chosen by `pick`.
-    pub fn start_on(
-        tag: &str,
-        pick: impl Fn() -> u16,
-        args: impl Fn(u16, &Path) -> Vec<String>,
-    ) -> RedisNode {
-        let dir = temp_dir(tag);
-        let mut last = String::new();
-        for _ in 0..4 {
-            let port = pick();
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("redis.log"))
-                .unwrap();
-            let child = Command::new("redis-server")
-                .args(args(port, &dir))
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}); scripts/prereqs.sh installs it")
-                });
-            let mut node = RedisNode {
-                port,
-                dir: dir.clone(),
-                child: Some(child),
-            };
-            match node.wait_pong() {
-                Ok(()) => return node,
-                Err(e) => {
-                    last = e;
-                    node.kill();
-                    // `node` drops here: keep the directory for the next attempt.
-                    node.dir = PathBuf::new();
-                }
-            }
-        }
-        panic!("{tag}: redis-server did not start: {last}");
-    }
-
-    /// `args` then `args2` on one connection (e.g. `AUTH` then a command):
-    /// the reply to `args2`; the first must not be an error.
-    pub fn query_after(&self, args: &[&str], args2: &[&str]) -> Resp {
-        let mut replies = redis_pipeline(&self.addr(), &[args, args2])
-            .unwrap_or_else(|e| panic!("redis {args2:?} on {}: {e}", self.addr()));
-        let second = replies.pop().unwrap_or(Resp::Array(None));
-        if let Some(Resp::Error(e)) = replies.pop() {
-            panic!("redis {args:?} on {}: {e}", self.addr());
-        }
-        second
-    }
-
-    /// A plain node: `--port P --bind 127.0.0.1 --save "" --appendonly no`, plus `extra`.
-    pub fn plain(tag: &str, extra: &[&str]) -> RedisNode {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        RedisNode::start(tag, move |port, dir| {
-            let mut a = base_args(port, dir);
-            a.extend(extra.iter().cloned());
-            a
-        })
-    }
-
-    fn wait_pong(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!(
-                    "exited on port {} ({status}):\n{}",
-                    self.port,
-                    self.log()
-                ));
-            }
-            // PONG, or NOAUTH from a node that requires AUTH: it answers
-            match redis_query(&self.addr(), &["PING"]) {
-                Ok(Resp::Simple(p)) if p == "PONG" => return Ok(()),
-                Ok(Resp::Error(e)) if e.starts_with("NOAUTH") => return Ok(()),
-                _ => {}
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no PONG on port {}:\n{}", self.port, self.log()));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `redis://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// What the process wrote so far.
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// SIGKILL (a crash: no goodbye to replicas or clients), and waits until
-    /// the process is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// One command; panics when the node cannot be reached.
-    pub fn query(&self, args: &[&str]) -> Resp {
-        redis_query(&self.addr(), args)
-            .unwrap_or_else(|e| panic!("redis {args:?} on {}: {e}", self.addr()))
-    }
-
-    /// One command, the reply as text ([`Resp::text`]; an error reply panics).
-    pub fn cmd(&self, args: &[&str]) -> String {
-        self.query(args).text()
-    }
-
-    /// `field:value` of `INFO <section>`.
-    pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
-        let info = redis_query(&self.addr(), &["INFO", section]).ok()?.text();
-        let prefix = format!("{field}:");
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(str::to_string))
-    }
-
-    /// `calls` of `cmdstat_<name>` in `INFO commandstats` (0 when never called).
-    pub fn command_calls(&self, name: &str) -> u64 {
-        self.info_field(
-            "commandstats",
-            &format!("cmdstat_{}", name.to_ascii_lowercase()),
-        )
-        .and_then(|rest| {
-            rest.split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-    }
-}
-
-impl Drop for RedisNode {
-    fn drop(&mut self) {
-        self.kill();
-        if self.dir.as_os_str().is_empty() {
-            return;
-        }
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("redis files kept in {}", self.dir.display());
-        }
-    }
-}
-
-/// `--port P --bind 127.0.0.1 --save "" --appendonly no --daemonize no --dir <dir>`
-fn base_args(port: u16, dir: &Path) -> Vec<String> {
-    [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Several commands over one connection to `addr` (e.g. `ASKING` then a command).
-pub fn redis_pipeline(addr: &str, cmds: &[&[&str]]) -> std::io::Result<Vec<Resp>> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = Vec::new();
-    for args in cmds {
-        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in *args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a.as_bytes());
-            req.extend_from_slice(b"\r\n");
-        }
-    }
-    (&stream).write_all(&req)?;
-    let mut reader = BufReader::new(&stream);
-    cmds.iter().map(|_| read_resp(&mut reader)).collect()
-}
 
 /// How many connections to `addr` have client tracking on (`t` in `CLIENT LIST` flags).
 pub fn tracking_clients(addr: &str) -> usize {
@@ -293,7 +66,7 @@ fn pairs(r: &Resp) -> Vec<(String, String)> {
 /// `n` cluster-enabled nodes, all masters, joined with
 /// `redis-cli --cluster create ... --cluster-yes`.
 pub struct RedisCluster {
-    pub nodes: Vec<RedisNode>,
+    pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
@@ -302,21 +75,8 @@ impl RedisCluster {
     /// creates the cluster, and waits until every node reports
     /// `cluster_state:ok` and knows all `n`.
     pub fn start(n: usize) -> RedisCluster {
-        let nodes: Vec<RedisNode> = (0..n)
-            .map(|_| {
-                RedisNode::start_on("cluster", cluster_port, |port, dir| {
-                    let mut a = base_args(port, dir);
-                    a.extend([
-                        "--cluster-enabled".to_string(),
-                        "yes".to_string(),
-                        "--cluster-config-file".to_string(),
-                        dir.join(format!("nodes-{port}.conf"))
-                            .to_string_lossy()
-                            .into_owned(),
-                    ]);
-                    a
-                })
-            })
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| Redis::new("cluster").cluster_node().start())
             .collect();
         let cluster = RedisCluster { nodes };
         let mut create = Command::new("redis-cli");
@@ -356,7 +116,11 @@ impl RedisCluster {
 
     /// `redis://127.0.0.1:P` of the first `k` nodes (seed nodes for the gateway).
     pub fn seed_urls(&self, k: usize) -> Vec<String> {
-        self.nodes.iter().take(k).map(RedisNode::url).collect()
+        self.nodes
+            .iter()
+            .take(k)
+            .map(RedisServer::node_url)
+            .collect()
     }
 
     /// Every node's log, for failure messages.
@@ -376,12 +140,12 @@ impl RedisCluster {
     }
 
     /// `CLUSTER MYID` of a node.
-    pub fn id(&self, node: &RedisNode) -> String {
+    pub fn id(&self, node: &RedisServer) -> String {
         node.cmd(&["CLUSTER", "MYID"])
     }
 
     /// The node serving `slot`, as `CLUSTER SLOTS` on the first node says.
-    pub fn slot_owner(&self, slot: u16) -> &RedisNode {
+    pub fn slot_owner(&self, slot: u16) -> &RedisServer {
         let slots = self.nodes[0].query(&["CLUSTER", "SLOTS"]);
         let Resp::Array(Some(ranges)) = slots else {
             panic!("CLUSTER SLOTS: {slots:?}")
@@ -406,11 +170,11 @@ impl RedisCluster {
     }
 
     /// The master holding `key`.
-    pub fn owner(&self, key: &str) -> &RedisNode {
+    pub fn owner(&self, key: &str) -> &RedisServer {
         self.slot_owner(self.slot(key))
     }
 
-    pub fn node_on_port(&self, port: u16) -> &RedisNode {
+    pub fn node_on_port(&self, port: u16) -> &RedisServer {
         self.nodes
             .iter()
             .find(|n| n.port == port)
@@ -478,7 +242,7 @@ impl RedisCluster {
     ///
     /// [`begin_migration`]: RedisCluster::begin_migration
     /// [`end_migration`]: RedisCluster::end_migration
-    pub fn begin_migration(&self, slot: u16, to: &RedisNode) {
+    pub fn begin_migration(&self, slot: u16, to: &RedisServer) {
         let from = self.slot_owner(slot);
         assert_ne!(
             from.port,
@@ -510,24 +274,13 @@ impl RedisCluster {
     }
 
     /// See [`RedisCluster::begin_migration`].
-    pub fn end_migration(&self, slot: u16, to: &RedisNode) {
+    pub fn end_migration(&self, slot: u16, to: &RedisServer) {
         let to_id = self.id(to);
         let s = slot.to_string();
         // The new owner first, then the rest (as redis-cli does).
         assert_eq!(to.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "OK");
         for n in self.nodes.iter().filter(|n| n.port != to.port) {
             assert_eq!(n.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "OK");
-        }
-    }
-}
-
-/// A free loopback port P whose cluster bus port P + 10000 is free too (the
-/// default bus offset; `--cluster-port` would need Redis 7).
-fn cluster_port() -> u16 {
-    loop {
-        let port = free_port();
-        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
         }
     }
 }
@@ -571,9 +324,9 @@ fn run_with_timeout(mut cmd: Command, limit: Duration) -> (bool, String) {
 /// `failover-timeout 5000`. Drops the sentinel first (no failover while the
 /// rest goes down).
 pub struct SentinelSetup {
-    pub sentinel: RedisNode,
-    pub replica: RedisNode,
-    pub master: RedisNode,
+    pub sentinel: RedisServer,
+    pub replica: RedisServer,
+    pub master: RedisServer,
     pub name: String,
 }
 
@@ -588,11 +341,13 @@ impl SentinelSetup {
     /// the replica (e.g. ACL users; the `default` user must keep `PING`,
     /// `INFO`, replication and what Sentinel sends).
     pub fn start_with(name: &str, extra: &[&str]) -> SentinelSetup {
-        let master = RedisNode::plain("sentinel-master", extra);
-        let master_port = master.port.to_string();
-        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
-        replica_args.extend_from_slice(extra);
-        let replica = RedisNode::plain("sentinel-replica", &replica_args);
+        let master = Redis::new("sentinel-master")
+            .args(extra.iter().copied())
+            .start();
+        let replica = Redis::new("sentinel-replica")
+            .replica_of(master.port)
+            .args(extra.iter().copied())
+            .start();
         let deadline = Instant::now() + START_DEADLINE;
         while replica
             .info_field("replication", "master_link_status")
@@ -606,22 +361,14 @@ impl SentinelSetup {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        let name_owned = name.to_string();
-        let sentinel = RedisNode::start("sentinel", move |port, dir| {
-            let conf = dir.join("sentinel.conf");
-            fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
-                     sentinel monitor {name_owned} 127.0.0.1 {master_port} 1\n\
-                     sentinel down-after-milliseconds {name_owned} 1000\n\
-                     sentinel failover-timeout {name_owned} 5000\n",
-                    dir.display()
-                ),
-            )
-            .unwrap();
-            vec![conf.to_string_lossy().into_owned(), "--sentinel".into()]
-        });
+        let sentinel = Redis::new("sentinel")
+            .sentinel(&format!(
+                "sentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n",
+                master.port
+            ))
+            .start();
         let setup = SentinelSetup {
             sentinel,
             replica,
@@ -659,7 +406,7 @@ impl SentinelSetup {
 
     /// `redis://127.0.0.1:S` of the sentinel.
     pub fn sentinel_url(&self) -> String {
-        self.sentinel.url()
+        self.sentinel.node_url()
     }
 
     /// `SENTINEL get-master-addr-by-name` as `ip:port`.

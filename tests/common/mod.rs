@@ -1,6 +1,8 @@
 //! Shared harness for the black-box tests: real processes over loopback.
 //!
 //! - [`Gateway`]: runs `authgate serve --config <tmp>/gateway.toml`, waits for `/healthz`.
+//! - [`GatewayConfig`]: the one builder of that `gateway.toml` (`config.rs`).
+//! - [`Redis`] / [`RedisServer`]: the one `redis-server` launcher (`redis_server.rs`).
 //! - [`Upstream`]: an HTTP/1.1 echo server on std threads that records what it received.
 //! - [`request`]: a raw HTTP/1.1 client over `TcpStream` (`Connection: close`, 10 s timeout).
 //! - token helpers built on `jsonwebtoken`, plus raw builders for hostile tokens.
@@ -8,10 +10,18 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+/// The one `gateway.toml` builder: see `config.rs`.
+pub mod config;
 /// Login-style upstream (401 on a wrong password) and a raw client: see `login.rs`.
 pub mod login;
 /// Live-operations helpers (JWKS server, signals, reload, TLS, slow upstream): see `ops.rs`.
 pub mod ops;
+/// The one `redis-server` launcher (plain, ACL, TLS, cluster node, sentinel) and
+/// a RESP client: see `redis_server.rs`.
+pub mod redis_server;
+
+pub use config::GatewayConfig;
+pub use redis_server::{redis_pipeline, redis_query, Redis, RedisServer, Resp};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -47,65 +57,6 @@ pub fn show(line: &str) {
 }
 pub const HS_SECRET: &str = "test-hs-secret-0123456789abcdef0123456789abcdef";
 pub const HS_ENV: (&str, &str) = ("TEST_HS_SECRET", HS_SECRET);
-
-/// The config shape from the brief: one HS256 issuer `hs`, one JWT route `api` on `/api/`.
-/// Tests append more `[issuers.*]` / `[[routes]]` tables to it.
-pub const BASE_CONFIG: &str = r#"[server]
-listen = "{proxy}"
-admin_listen = "{admin}"
-threads = 1
-
-[upstreams.app]
-addrs = ["{upstream}"]
-
-[issuers.hs]
-issuer = "https://hs.test"
-audiences = ["api"]
-algorithms = ["HS256"]
-secret_env = "TEST_HS_SECRET"
-leeway = "30s"
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "jwt"
-issuers = ["hs"]
-"#;
-
-/// [`BASE_CONFIG`] plus an RS256 issuer from a PEM (`rs`, route `/rs/`) and
-/// one from the JWKS file (`jw`, route `/jwks/`).
-pub fn rs_config() -> String {
-    format!(
-        "{BASE_CONFIG}
-[issuers.rs]
-issuer = \"https://rs.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-public_key_file = \"{{fixtures}}/rsa_pub.pem\"
-
-[issuers.jw]
-issuer = \"https://jw.test\"
-audiences = [\"api\"]
-algorithms = [\"RS256\"]
-jwks_file = \"{{fixtures}}/jwks_rs.json\"
-
-[[routes]]
-name = \"rs\"
-path_prefix = \"/rs/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"rs\"]
-
-[[routes]]
-name = \"jwks\"
-path_prefix = \"/jwks/\"
-upstream = \"app\"
-auth = \"jwt\"
-issuers = [\"jw\"]
-"
-    )
-}
 
 // ---------------------------------------------------------------------------
 // paths, ports, temp dirs
@@ -893,284 +844,6 @@ pub fn wait_request_logs(gw: &Gateway, n: usize) -> Vec<Value> {
 
 pub fn addr_of(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-// ---------------------------------------------------------------------------
-// a real redis-server on loopback
-
-/// A reply of the Redis protocol (RESP2).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Resp>>),
-}
-
-impl Resp {
-    /// The reply as text: bulk/simple strings as is, integers printed, nil as "",
-    /// arrays one element a line; an error reply panics.
-    pub fn text(&self) -> String {
-        match self {
-            Resp::Simple(s) => s.clone(),
-            Resp::Error(e) => panic!("redis error reply: {e}"),
-            Resp::Int(n) => n.to_string(),
-            Resp::Bulk(b) => b
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
-            Resp::Array(a) => a
-                .iter()
-                .flatten()
-                .map(Resp::text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-}
-
-pub fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
-    let line = read_line(r)?;
-    let (kind, rest) = line.split_at(1.min(line.len()));
-    let num = || {
-        rest.parse::<i64>()
-            .map_err(|_| bad(format!("bad RESP line {line:?}")))
-    };
-    Ok(match kind {
-        "+" => Resp::Simple(rest.to_string()),
-        "-" => Resp::Error(rest.to_string()),
-        ":" => Resp::Int(num()?),
-        "$" => match num()? {
-            n if n < 0 => Resp::Bulk(None),
-            n => {
-                let mut b = vec![0; n as usize + 2];
-                r.read_exact(&mut b)?;
-                b.truncate(n as usize);
-                Resp::Bulk(Some(b))
-            }
-        },
-        "*" => match num()? {
-            n if n < 0 => Resp::Array(None),
-            n => Resp::Array(Some(
-                (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>()?,
-            )),
-        },
-        _ => return Err(bad(format!("bad RESP line {line:?}"))),
-    })
-}
-
-/// One command over a fresh connection to `addr` (5 s timeouts).
-pub fn redis_query(addr: &str, args: &[&str]) -> std::io::Result<Resp> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a.as_bytes());
-        req.extend_from_slice(b"\r\n");
-    }
-    (&stream).write_all(&req)?;
-    read_resp(&mut BufReader::new(stream))
-}
-
-/// `redis-server` as a child process on a free loopback port, with no persistence
-/// (`--save "" --appendonly no`), so a restart starts empty. Never the machine's 6379.
-pub struct RedisServer {
-    pub port: u16,
-    pub dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts one and waits until it answers PING.
-    pub fn start() -> RedisServer {
-        let dir = temp_dir("redis");
-        for attempt in 0.. {
-            let mut r = RedisServer {
-                port: free_port(),
-                dir: dir.clone(),
-                child: None,
-            };
-            match r.spawn() {
-                Ok(()) => return r,
-                // The port picked by free_port() was taken meanwhile: try another.
-                Err(msg) if attempt < 3 => eprintln!("redis-server start failed, retrying: {msg}"),
-                Err(msg) => panic!("{msg}"),
-            }
-        }
-        unreachable!()
-    }
-
-    /// A port and a directory for a server that is not running yet (`restart()`
-    /// starts it): for a gateway that must start while Redis is down.
-    pub fn not_started() -> RedisServer {
-        RedisServer {
-            port: free_port(),
-            dir: temp_dir("redis"),
-            child: None,
-        }
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("redis.log"))
-            .unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); scripts/prereqs.sh installs it")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return Err(format!(
-                    "redis-server on port {} exited ({status}):\n{}",
-                    self.port,
-                    fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-                ));
-            }
-            if let Ok(Resp::Simple(pong)) = redis_query(&self.addr(), &["PING"]) {
-                if pong == "PONG" {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(format!(
-                    "redis-server on port {} did not answer PING",
-                    self.port
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `redis://127.0.0.1:PORT/0`
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGKILL, and waits for the process to be gone (the port is closed after).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGSTOP: the server keeps its connections open and answers nothing.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT after [`RedisServer::pause`].
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("redis-server not running").id();
-        let st = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig} {pid} failed");
-    }
-
-    /// Kills (if running) and starts a fresh, empty server on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(msg) if Instant::now() < deadline => {
-                    eprintln!("redis-server restart failed, retrying: {msg}");
-                    thread::sleep(Duration::from_millis(200));
-                }
-                Err(msg) => panic!("{msg}"),
-            }
-        }
-    }
-
-    /// One command; panics when the server cannot be reached.
-    pub fn query(&self, args: &[&str]) -> Resp {
-        redis_query(&self.addr(), args)
-            .unwrap_or_else(|e| panic!("redis {args:?} on {}: {e}", self.addr()))
-    }
-
-    /// Several commands over one connection (e.g. `SELECT` then a command), the
-    /// replies as text.
-    pub fn pipeline(&self, cmds: &[&[&str]]) -> Vec<String> {
-        let stream = TcpStream::connect(self.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut req = Vec::new();
-        for args in cmds {
-            req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-            for a in *args {
-                req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-                req.extend_from_slice(a.as_bytes());
-                req.extend_from_slice(b"\r\n");
-            }
-        }
-        (&stream).write_all(&req).unwrap();
-        let mut reader = BufReader::new(&stream);
-        cmds.iter()
-            .map(|_| read_resp(&mut reader).unwrap().text())
-            .collect()
-    }
-
-    /// One command, the reply as text (see [`Resp::text`]; an error reply panics).
-    pub fn cmd(&self, args: &[&str]) -> String {
-        self.query(args).text()
-    }
-
-    /// `calls` of `cmdstat_<name>` in `INFO commandstats` (0 when never called).
-    pub fn command_calls(&self, name: &str) -> u64 {
-        let info = self.cmd(&["INFO", "commandstats"]);
-        let prefix = format!("cmdstat_{}:", name.to_ascii_lowercase());
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
-            .and_then(|rest| {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("redis files kept in {}", self.dir.display());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

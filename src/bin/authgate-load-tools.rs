@@ -1,13 +1,15 @@
-//! Helpers for `benches/load.sh` (a `harness = false` bench target, so it
-//! is built with the release profile and can use the library and its
-//! dependencies). It does nothing unless given one of its commands:
+//! Helpers for `benches/load.sh`: a binary built only with `--features
+//! load-tools` (`cargo build --profile dist --features load-tools --bin
+//! authgate-load-tools`), so it can use the library and its dependencies
+//! without a normal build or `cargo test` compiling it. It does nothing
+//! unless given one of its commands:
 //!
 //! ```text
-//! load_tools mint --alg RS256 --key PEM --issuer URL --count N --users U --out FILE [--ttl-secs S]
-//! load_tools sessions --count N --secret S --prefix sess: --cookies FILE --resp FILE
-//! load_tools ports N
-//! load_tools rate --addr HOST:PORT --path /p --rate R --secs S [--warmup S] [--conns C]
-//!                 [--tokens FILE] [--kind bearer|cookie] [--pair-path /p2]
+//! authgate-load-tools mint --alg RS256 --key PEM --issuer URL --count N --users U --out FILE [--ttl-secs S]
+//! authgate-load-tools sessions --count N --secret S --prefix sess: --cookies FILE --resp FILE
+//! authgate-load-tools ports N
+//! authgate-load-tools rate --addr HOST:PORT --path /p --rate R --secs S [--warmup S] [--conns C]
+//!                           [--tokens FILE] [--kind bearer|cookie] [--pair-path /p2]
 //! ```
 //!
 //! `mint` writes one signed JWT per line (`sub` = `user-<i mod U>`, a unique
@@ -35,10 +37,7 @@ use authgate::testing::session::sign_cookie;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("mint") => mint(&Args(&args[1..])),
         Some("sessions") => sessions(&Args(&args[1..])),
@@ -46,13 +45,13 @@ fn main() {
         Some("ports") => ports(&Args(&args[1..])),
         _ => {
             println!(
-                "load_tools: helpers for benches/load.sh (mint, sessions, rate); nothing to run"
+                "authgate-load-tools: helpers for benches/load.sh (mint, sessions, ports, rate); nothing to run"
             );
             return;
         }
     };
     if let Err(e) = result {
-        eprintln!("load_tools: {e}");
+        eprintln!("authgate-load-tools: {e}");
         std::process::exit(1);
     }
 }
