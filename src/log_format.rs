@@ -6,9 +6,10 @@
 //! into a reused per-thread `String` and handed to the writer whole. The
 //! stock JSON format goes through serde's map serializer and a timestamp
 //! `String` per event; for the per-request line that was about a fifth of
-//! a pass-through request's instructions (callgrind: ~24k of ~131k). This
-//! one costs about 6,000 (from 9,000 when each piece was a dynamic write
-//! into the subscriber's buffer and escaping looked at one byte at a time).
+//! a pass-through request's instructions. This one renders each piece
+//! directly into the reused buffer and escapes in runs, not byte by byte
+//! (docs/performance.md, "a cheaper request log line", has the
+//! instruction counts).
 //! Escaping and numbers are serde_json's, so client-controlled text (paths,
 //! token subjects) stays one JSON string.
 

@@ -1,5 +1,5 @@
-//! Wycheproof JSON Web Signature vectors (Apache-2.0, in
-//! ../shared/testdata/wycheproof, copied to tests/fixtures/wycheproof):
+//! Wycheproof JSON Web Signature vectors (Apache-2.0, copied from
+//! Wycheproof's testvectors to tests/fixtures/wycheproof):
 //! every invalid vector must be rejected by authgate's JWS verification, and
 //! every valid one whose algorithm authgate supports must verify.
 

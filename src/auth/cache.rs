@@ -130,8 +130,8 @@ pub struct TokenCache {
 /// minting a token per call), then never costs an entry: such a stream
 /// used to fill the cache with ~2 KB entries nobody reads again, evicting
 /// the tokens that are reused and costing every miss a quarter of its
-/// throughput in memory traffic (`benches/load.sh`, "every token
-/// distinct": 21.4k req/s with the cache, 28.2k with it off). The second
+/// throughput in memory traffic (docs/performance.md, the "every token
+/// distinct" rows against "cache off"). The second
 /// sighting is recorded in one slot of a fixed table of fingerprints,
 /// without a lock or an allocation; a slot overwritten by another token in
 /// between only delays admission. What is accepted never depends on it:
