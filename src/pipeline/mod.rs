@@ -6,27 +6,29 @@
 //! lets the request go on ([`Next::Forward`]) or ends it with an answer
 //! the transport writes through `proxy::respond` ([`Next::Respond`]).
 //!
-//! The steps, as docs/config.md "What a request goes through" lists them:
+//! The steps, with the items of docs/config.md "What a request goes
+//! through" each one covers:
 //!
-//! 1. **route** ([`Pipeline::route`], route.rs): the config snapshot, the
-//!    client address and scheme, the assertion JWKS, framing refusals,
-//!    the request target and host, the path as backends read it, the
-//!    route.
-//! 2. **limits** ([`Pipeline::admit`] → `limits`, limits.rs): the route's
-//!    rate limits, one store call; the transport reads the body first when
-//!    a key needs it ([`Ctx::needs_body`]).
-//! 3. **authn** ([`Pipeline::admit`] → `authn`, authn.rs): JWT or session,
-//!    revocation, CSRF, then `require` (roles, scopes); a browser gets the
-//!    route's login redirect for a 401.
-//! 4. **forward** ([`Pipeline::forward`], forward.rs): `X-Forwarded-*`,
-//!    the identity headers, claim headers and the signed assertion, into
-//!    whatever the transport builds the upstream request in
-//!    ([`HeaderSink`]). The client's copies of reserved headers are gone
-//!    before step 1 (`identity::is_reserved_name`).
+//! 1. **route** ([`Pipeline::route`], route.rs; items 1-3): the config
+//!    snapshot, the client address and scheme, the assertion JWKS,
+//!    framing refusals, the request target and host, the path as
+//!    backends read it, the route.
+//! 2. **limits** (`limits`, limits.rs, called by [`Pipeline::admit`];
+//!    item 4): the route's rate limits, one store call. The transport
+//!    reads the body first when a key needs it ([`Ctx::needs_body`]).
+//! 3. **authn** (`authn`, authn.rs, called by [`Pipeline::admit`]; items
+//!    5-11): JWT or session, revocation, CSRF, then `require` (roles,
+//!    scopes); a browser gets the route's login redirect for a 401.
+//! 4. **forward** ([`Pipeline::forward`], forward.rs; item 12):
+//!    `X-Forwarded-*`, the identity headers, claim headers and the signed
+//!    assertion, into whatever the transport builds the upstream request
+//!    in ([`HeaderSink`]). The client's copies of reserved headers are
+//!    gone before step 1 (`identity::is_reserved_name`, the "before them"
+//!    paragraph).
 //! 5. **finish** ([`Pipeline::answered`] when the upstream's head
-//!    arrives, [`Pipeline::finish`] at the end, finish.rs): `count =
-//!    "failures"` refunds, the `RateLimit` headers, metrics, the request
-//!    log line.
+//!    arrives, [`Pipeline::finish`] at the end, finish.rs; item 12's
+//!    refunds): `count = "failures"` refunds, the `RateLimit` headers,
+//!    metrics, the request log line.
 //!
 //! Balancing and passive health are `upstream.rs`; the transport asks for
 //! the next address through [`Ctx::next_address`] and reports connects
