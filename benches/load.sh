@@ -38,7 +38,8 @@
 # jsonwebtoken) from the keys in tests/fixtures and kept under
 # target/bench-load/tokens for 12 hours.
 #
-# Env: ROUNDS (1: times every row is measured, servers restarted each round;
+# Env: AUTHGATE_BIN (unset: the dist build of this tree; a path measures
+# that build instead, e.g. an older commit for a before/after), ROUNDS (1: times every row is measured, servers restarted each round;
 # the table shows the medians and the range), DURATION (10), WARMUP (2), CONNS
 # (32), DISTINCT (400000 tokens per algorithm), SERVER_CPU (0), CLIENT_CPU (1),
 # FIXED_RATE (1: run the fixed-rate part), FIXED_CONNS (32), FIXED_ROUNDS (3: the
@@ -116,13 +117,13 @@ if [ "$ALLOC_AB" = 1 ]; then
   cargo build --profile dist --bin authgate --no-default-features >&2 || die "cargo build --profile dist --no-default-features failed"
   cp "$ROOT/target/dist/authgate" "$AUTHGATE_GLIBC"
 fi
-cargo build --profile dist --bin authgate >&2 || die "cargo build --profile dist failed"
-AUTHGATE=$ROOT/target/dist/authgate
+# The helpers (mint, sessions, ports, rate) are a binary behind the
+# load-tools feature, so normal builds and `cargo test` leave it out; one
+# build makes both (the feature adds no code to authgate itself).
+cargo build --profile dist --features load-tools --bin authgate --bin authgate-load-tools >&2 ||
+  die "cargo build --profile dist --features load-tools failed"
+AUTHGATE=${AUTHGATE_BIN:-$ROOT/target/dist/authgate}
 [ -x "$AUTHGATE" ] || die "no $AUTHGATE"
-# The helpers (mint, sessions, ports, rate): a binary behind the load-tools
-# feature, so normal builds and `cargo test` leave it out.
-cargo build --profile dist --features load-tools --bin authgate-load-tools >&2 ||
-  die "cargo build --profile dist --features load-tools --bin authgate-load-tools failed"
 TOOLS=$ROOT/target/dist/authgate-load-tools
 [ -x "$TOOLS" ] || die "no $TOOLS"
 
