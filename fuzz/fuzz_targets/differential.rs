@@ -14,7 +14,8 @@
 //! - the same requests seen by the upstream (header names lowercased,
 //!   headers stably sorted by name, a `Connection: keep-alive|close`
 //!   dropped, an absolute-form target compared as its path with a `Host`
-//!   from its authority);
+//!   from its authority: `NormReq` in `tests/reference/wire.rs`, shared
+//!   with `tests/differential.rs`);
 //! - no request without the valid token reaches the upstream for a path a
 //!   backend takes for `/api/...` (percent-decoded, `;params` cut, dot
 //!   segments resolved) or for host `admin.local`, no `X-Auth-*` the
@@ -44,6 +45,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "../../tests/reference/wire.rs"]
+mod wire;
+use wire::{
+    absolute, backend_host, backend_path, chunked_scan, head_end, request_end, Head, NormReq,
+};
 
 const SECRET: &str = "fuzz-differential-hs-secret-0123456789abcdef";
 const SUBJECT: &str = "alice";
@@ -256,102 +263,6 @@ fn origin_form_only() -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// HTTP/1 pieces
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i] != b'\n' {
-            return None;
-        }
-        match buf.get(i + 1) {
-            Some(b'\n') => Some(i + 2),
-            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
-            _ => None,
-        }
-    })
-}
-
-struct Head {
-    first: String,
-    fields: Vec<(String, String)>,
-}
-
-impl Head {
-    fn parse(head: &[u8]) -> Head {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        let first = lines.next().unwrap_or_default().to_string();
-        let fields = lines
-            .filter(|l| !l.is_empty())
-            .map(|l| match l.split_once(':') {
-                Some((k, v)) => (k.to_string(), v.trim().to_string()),
-                None => (l.to_string(), String::new()),
-            })
-            .collect();
-        Head { first, fields }
-    }
-    fn all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let name = name.to_string();
-        self.fields
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn get(&self, name: &str) -> Option<&str> {
-        self.all(name).next()
-    }
-    fn chunked(&self) -> bool {
-        self.all("transfer-encoding")
-            .any(|v| v.to_ascii_lowercase().contains("chunked"))
-    }
-    fn length(&self) -> Option<usize> {
-        self.get("content-length").and_then(|v| v.parse().ok())
-    }
-}
-
-/// A chunked body at the start of `b` (bare LF tolerated), its data
-/// appended to `data`: `Ok(Some(end))`, `Ok(None)` when incomplete.
-fn chunked_scan(b: &[u8], data: &mut Vec<u8>) -> Result<Option<usize>, ()> {
-    let line_at = |pos: usize| b[pos..].iter().position(|&c| c == b'\n');
-    let mut pos = 0;
-    loop {
-        let Some(nl) = line_at(pos) else {
-            return Ok(None);
-        };
-        let hex: String = b[pos..pos + nl]
-            .iter()
-            .take_while(|c| c.is_ascii_hexdigit())
-            .map(|&c| c as char)
-            .collect();
-        let size = usize::from_str_radix(&hex, 16).map_err(|_| ())?;
-        pos += nl + 1;
-        if size == 0 {
-            loop {
-                let Some(nl) = line_at(pos) else {
-                    return Ok(None);
-                };
-                let line = &b[pos..pos + nl];
-                pos += nl + 1;
-                if line.is_empty() || line == b"\r" {
-                    return Ok(Some(pos));
-                }
-            }
-        }
-        if b.len() < pos.saturating_add(size) {
-            return Ok(None);
-        }
-        data.extend_from_slice(&b[pos..pos + size]);
-        pos += size;
-        match (b.get(pos), b.get(pos + 1)) {
-            (Some(b'\r'), Some(b'\n')) => pos += 2,
-            (Some(b'\n'), _) => pos += 1,
-            (Some(b'\r'), None) | (None, _) => return Ok(None),
-            _ => return Err(()),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // the scripted upstream
 
 struct Scripted {
@@ -476,20 +387,6 @@ impl Upstream {
         *self.framing.lock().unwrap() = framing;
         self.count.store(0, Ordering::SeqCst);
         self.log.lock().unwrap().clear();
-    }
-}
-
-fn request_end(buf: &[u8]) -> Option<usize> {
-    let h = head_end(buf)?;
-    let head = Head::parse(&buf[..h]);
-    if head.chunked() {
-        match chunked_scan(&buf[h..], &mut Vec::new()) {
-            Ok(end) => end.map(|e| h + e),
-            Err(()) => Some(buf.len()),
-        }
-    } else {
-        let n = head.length().unwrap_or(0);
-        (buf.len() >= h.saturating_add(n)).then_some(h + n)
     }
 }
 
@@ -839,93 +736,6 @@ fn world() -> &'static World {
 
 // ---------------------------------------------------------------------------
 // comparing
-
-/// A request as the upstream saw it, normalised (see the module doc).
-#[derive(Debug, PartialEq, Eq)]
-struct NormReq {
-    line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// A `Connection` value with only the connection's own options
-/// (`keep-alive`, `close`), nominating no other field.
-fn hop_only(value: &str) -> bool {
-    value.split(',').all(|t| {
-        let t = t.trim();
-        t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close")
-    })
-}
-
-/// An absolute-form target's (authority, path).
-fn absolute(target: &str) -> Option<(&str, &str)> {
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
-    Some(match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    })
-}
-
-impl NormReq {
-    fn new(raw: &[u8]) -> NormReq {
-        let end = head_end(raw).unwrap_or(raw.len());
-        let head = Head::parse(&raw[..end]);
-        let mut headers: Vec<(String, String)> = head
-            .fields
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .filter(|(k, v)| !(k == "connection" && hop_only(v)))
-            .collect();
-        let mut words: Vec<String> = head.first.split(' ').map(str::to_string).collect();
-        if let Some((authority, path)) = words.get(1).and_then(|t| absolute(t)) {
-            let (authority, path) = (authority.to_string(), path.to_string());
-            if !headers.iter().any(|(k, _)| k == "host") {
-                headers.push(("host".into(), authority));
-            }
-            words[1] = path;
-        }
-        headers.sort_by(|a, b| a.0.cmp(&b.0));
-        NormReq {
-            line: words.join(" "),
-            headers,
-            body: raw[end..].to_vec(),
-        }
-    }
-}
-
-fn backend_path(target: &str) -> String {
-    let path = absolute(target).map_or(target, |(_, p)| p);
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let decoded = percent_encoding::percent_decode_str(path)
-        .decode_utf8_lossy()
-        .into_owned();
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg.split(';').next().unwrap_or_default() {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut p = format!("/{}", out.join("/"));
-    if decoded.ends_with('/') && p.len() > 1 {
-        p.push('/');
-    }
-    p
-}
-
-fn backend_host(v: &str) -> String {
-    let v = v.rsplit('@').next().unwrap_or_default();
-    let v = match v.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => v,
-    };
-    v.trim_end_matches('.').to_ascii_lowercase()
-}
 
 /// Why a request the upstream received breaks rule 3, if it does.
 fn leak(raw: &[u8], token: &str) -> Option<String> {
