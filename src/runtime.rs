@@ -46,6 +46,14 @@ pub struct HeadLimits {
     pub max_bytes: usize,
 }
 
+impl ServerSettings {
+    /// Whether `peer` is in `trusted_proxies` (its forwarding fields and
+    /// `X-Forwarded-For` are believed).
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
 /// How a route authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {

@@ -197,11 +197,8 @@ impl Ctx {
 
     /// Whether the client's peer is in `trusted_proxies`.
     pub fn peer_trusted(&self) -> bool {
-        self.peer.is_some_and(|peer| {
-            self.rt
-                .as_ref()
-                .is_some_and(|rt| rt.server.trusted_proxies.iter().any(|n| n.contains(&peer)))
-        })
+        self.peer
+            .is_some_and(|peer| self.rt.as_ref().is_some_and(|rt| rt.server.trusts(peer)))
     }
 
     /// The upstream failed before answering: the 502 denial.

@@ -37,8 +37,7 @@ impl Pipeline {
         ctx.scheme = if rt.server.tls.is_some() {
             "https"
         } else {
-            let trusted =
-                peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
+            let trusted = peer.is_some_and(|p| rt.server.trusts(p));
             match req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
                 Some(v) if trusted && v.eq_ignore_ascii_case(b"https") => "https",
                 _ => "http",

@@ -160,8 +160,7 @@ impl ProxyHttp for General {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let trusted =
-            peer.is_some_and(|p| rt.server.trusted_proxies.iter().any(|n| n.contains(&p)));
+        let trusted = peer.is_some_and(|p| rt.server.trusts(p));
         strip_reserved(session.req_header_mut(), &rt, trusted);
         let req = session.req_header();
         let p = &self.pipeline;
