@@ -247,18 +247,12 @@ pub fn is_reserved_name(name: &str, mapped: &[HeaderName]) -> bool {
                 .all(|(&m, &n)| m == n.to_ascii_lowercase() || (m == b'-' && n == b'_'))
     }
     let n = name.as_bytes();
-    let underscored = memchr::memchr(b'_', n).is_some();
-    let rules = if underscored {
-        OVERRIDE | UNDERSCORE
-    } else {
-        OVERRIDE
-    };
     n.get(..7).is_some_and(|p| same(b"x-auth-", p))
         || mapped.iter().any(|m| same(m.as_str().as_bytes(), n))
-        || HEADER_RULES
-            .iter()
-            .any(|&(m, r)| r & rules != 0 && same(m.as_bytes(), n))
-        || (underscored && n.get(..12).is_some_and(|p| same(b"x-forwarded-", p)))
+        || OVERRIDES.names().iter().any(|m| same(m.as_bytes(), n))
+        || (memchr::memchr(b'_', n).is_some()
+            && (UNDERSCORED.names().iter().any(|m| same(m.as_bytes(), n))
+                || n.get(..12).is_some_and(|p| same(b"x-forwarded-", p))))
 }
 
 /// The one list of header names the gateway has a rule for, and which
@@ -332,7 +326,53 @@ pub const DIRECT_REFUSES: u16 = 1 << 4;
 /// with its own (`Connection`) on the direct transport.
 pub const RESPONSE_HOP: u16 = 1 << 5;
 
-/// Whether `name` (any case, `-` spelling) carries `rule`.
+/// The names of [`HEADER_RULES`] that carry one rule, picked out at
+/// compile time: the per-header checks of the request path walk only
+/// these (a handful of names), not the whole table.
+pub struct RuleNames {
+    names: [&'static str; HEADER_RULES.len()],
+    len: usize,
+}
+
+impl RuleNames {
+    const fn of(rule: u16) -> RuleNames {
+        let mut names = [""; HEADER_RULES.len()];
+        let mut len = 0;
+        let mut i = 0;
+        while i < HEADER_RULES.len() {
+            if HEADER_RULES[i].1 & rule != 0 {
+                names[len] = HEADER_RULES[i].0;
+                len += 1;
+            }
+            i += 1;
+        }
+        RuleNames { names, len }
+    }
+
+    /// The names, lower case.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names[..self.len]
+    }
+
+    /// Whether `name` (any case) is one of them.
+    pub fn has(&self, name: &str) -> bool {
+        self.names().iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// [`OVERRIDE`] names.
+pub const OVERRIDES: RuleNames = RuleNames::of(OVERRIDE);
+/// [`UNDERSCORE`] names.
+pub const UNDERSCORED: RuleNames = RuleNames::of(UNDERSCORE);
+/// [`PROXY_SET`] names.
+pub const PROXY_SET_NAMES: RuleNames = RuleNames::of(PROXY_SET);
+/// [`DIRECT_REFUSES`] names.
+pub const DIRECT_REFUSED: RuleNames = RuleNames::of(DIRECT_REFUSES);
+/// [`RESPONSE_HOP`] names.
+pub const RESPONSE_HOPS: RuleNames = RuleNames::of(RESPONSE_HOP);
+
+/// Whether `name` (any case, `-` spelling) carries `rule` (the config
+/// check's question; the request path uses the [`RuleNames`] lists).
 pub fn has_rule(name: &str, rule: u16) -> bool {
     HEADER_RULES
         .iter()
@@ -342,7 +382,7 @@ pub fn has_rule(name: &str, rule: u16) -> bool {
 /// Whether `name` (any case) only reaches the upstream from a trusted
 /// proxy ([`PROXY_SET`]).
 pub fn is_proxy_set(name: &str) -> bool {
-    has_rule(name, PROXY_SET)
+    PROXY_SET_NAMES.has(name)
 }
 
 /// An IP address as text in a stack buffer: IPv4 (nearly every peer) is
@@ -444,6 +484,12 @@ mod tests {
         assert!(!has_rule("connection", DIRECT_REFUSES));
         assert!(has_rule("cookie", PROTECTED));
         assert!(is_proxy_set("X-Forwarded-Host"));
+        assert_eq!(OVERRIDES.names().len(), 5);
+        assert_eq!(DIRECT_REFUSED.names().len(), 11);
+        assert_eq!(
+            RESPONSE_HOPS.names(),
+            ["connection", "keep-alive", "proxy-connection"]
+        );
         assert!(!is_proxy_set("X-Forwarded-For"));
     }
 

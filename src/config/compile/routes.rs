@@ -7,6 +7,7 @@ use super::duration;
 use crate::auth::keys::AlgSet;
 use crate::config::file::{FileConfig, RouteFile};
 use crate::config::Issues;
+use crate::identity;
 use crate::ratelimit::{Count, KeySpec, Limit};
 use crate::router::Matcher;
 use crate::runtime::{AuthMode, Issuer, Require, Route};
@@ -129,7 +130,7 @@ pub(super) fn build_route(
                 format!("routes.{idx}.headers.{h}"),
                 "X-Auth-* headers are the gateway's own; map claims to another name",
             ),
-            Ok(name) if is_protected(&name) => issues.at(
+            Ok(name) if identity::has_rule(name.as_str(), identity::PROTECTED) => issues.at(
                 format!("routes.{idx}.headers.{h}"),
                 format!("`{h}` cannot carry a claim"),
             ),
@@ -264,27 +265,6 @@ pub(super) fn build_route(
             methods,
         },
     ))
-}
-
-/// Headers a claim mapping must never overwrite: hop-by-hop and framing
-/// headers, and the credentials that are forwarded unchanged.
-fn is_protected(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "keep-alive"
-            | "proxy-connection"
-            | "authorization"
-            | "cookie"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-    )
 }
 
 #[cfg(test)]

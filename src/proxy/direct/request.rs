@@ -108,7 +108,7 @@ pub fn parse(head: BytesMut, mapped: &[HeaderName]) -> std::result::Result<Parse
                 }
                 continue;
             }
-            if identity::has_rule(name, identity::DIRECT_REFUSES) {
+            if identity::DIRECT_REFUSED.has(name) {
                 return Err(head);
             }
             if name.eq_ignore_ascii_case("host") {

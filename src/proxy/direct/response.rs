@@ -316,7 +316,7 @@ impl Relay<'_> {
         let mut dated = false;
         for h in resp.headers.iter() {
             let n = h.name;
-            if identity::has_rule(n, identity::RESPONSE_HOP)
+            if identity::RESPONSE_HOPS.has(n)
                 || (encoded && n.eq_ignore_ascii_case("content-length"))
             {
                 continue;
