@@ -147,6 +147,16 @@ pub enum OnError {
     Allow,
 }
 
+impl OnError {
+    /// The config value (`deny`, `allow`), as logs show it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnError::Deny => "deny",
+            OnError::Allow => "allow",
+        }
+    }
+}
+
 /// The compiled `[store]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {

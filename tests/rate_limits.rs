@@ -1029,6 +1029,18 @@ fn redis_outage_deny_answers_503_and_allow_lets_through() {
             .any(|l| l.contains("store error") && l.contains("ratelimit")),
         "no store error logged:\n{logs}"
     );
+    // the policy as the config spells it, not the Rust variant
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("store error") && l.contains("\"on_error\":\"deny\"")),
+        "store error without on_error = deny:\n{logs}"
+    );
+    let logs = allow.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("store error") && l.contains("\"on_error\":\"allow\"")),
+        "store error without on_error = allow:\n{logs}"
+    );
 
     // Redis back (empty): limiting works again.
     redis.restart();

@@ -332,3 +332,49 @@ fn check_explains_store_credential_and_tls_mistakes() {
         );
     }
 }
+
+/// The ACL user exactly as docs/operations.md writes it (its `ACL SETUSER`
+/// line, password filled in): revocation through it reaches the other
+/// gateway, lands in Redis and is re-read by a gateway started afterwards,
+/// and a shared rate limit counts through it. A command the line forgets
+/// fails this test (the gateway's store calls are refused: NOPERM).
+#[test]
+fn the_acl_user_of_operations_md_runs_revocation_and_limits() {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER authgate "))
+        .expect("docs/operations.md has an `ACL SETUSER authgate` line");
+    let password = "acl-pass-0123456789";
+    let args: Vec<String> = line
+        .split_whitespace()
+        .map(|a| a.replace("<password>", password))
+        .collect();
+    let (redis, _) = server(&[]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        redis.query(&argv),
+        Resp::Simple("OK".into()),
+        "the documented ACL line is refused: {line}"
+    );
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://authgate:{password}@127.0.0.1:{}/0\"",
+        redis.port
+    );
+    let (a, b, up) = start_pair(&store);
+    assert_store_shared(&a, &b, &redis, &["PING"]);
+    // a gateway started now reads the revocation back through the same user
+    let jti = format!("jti-acl-{}", now());
+    let token = hs_token(&hs_claims("alice", json!({ "jti": jti })));
+    assert_eq!(revoke(&a, &jti).status, 200);
+    let c = Gateway::start(&config(&store).replace("{upstream}", &up.addr), &env());
+    wait_ready(&c);
+    let r = c.get_bearer("/api/x", &token);
+    assert_eq!(r.status, 401, "a fresh gateway accepts a revoked token");
+    assert_eq!(r.json()["reason"], "revoked");
+    for gw in [&a, &b, &c] {
+        let out = format!("{}{}", gw.logs(), gw.stderr());
+        assert!(!out.contains("NOPERM"), "a store call was refused:\n{out}");
+    }
+}

@@ -68,7 +68,7 @@ impl Pipeline {
                     .with_label_values(&["ratelimit"])
                     .inc();
                 let on_error = rt.store.on_error;
-                tracing::warn!(error = %e, op = "ratelimit", route = route.name.as_str(), on_error = ?on_error, "store error");
+                tracing::warn!(error = %e, op = "ratelimit", route = route.name.as_str(), on_error = on_error.as_str(), "store error");
                 match on_error {
                     OnError::Deny => ctx.deny(Reason::StoreUnavailable, has_body(&req.headers)),
                     OnError::Allow => Next::Forward,
