@@ -19,6 +19,8 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub revocation_mirror: IntGaugeVec,
+    /// Revocations the store had lost, written back from this mirror.
+    pub revocations_restored: IntCounterVec,
     pub token_cache: IntCounterVec,
     /// `token_cache{result="hit"}` and `{result="miss"}`, resolved once (a
     /// label lookup hashes and locks on every JWT request otherwise).
@@ -159,6 +161,18 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(revocation_mirror.clone()))?;
+        let revocations_restored = IntCounterVec::new(
+            Opts::new(
+                "authgate_revocations_restored_total",
+                "Revocations the store had lost (FLUSHALL, a failover that missed writes) and this instance wrote back from its mirror, by kind (jti, sub).",
+            ),
+            &["kind"],
+        )?;
+        // both series from the start: an alert on increase() sees the first
+        for kind in ["jti", "sub"] {
+            revocations_restored.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(revocations_restored.clone()))?;
         let upstream_healthy = IntGaugeVec::new(
             Opts::new(
                 "authgate_upstream_address_healthy",
@@ -178,6 +192,7 @@ impl Metrics {
             jwks_refresh,
             config_reloads,
             revocation_mirror,
+            revocations_restored,
             token_cache_hit: token_cache.with_label_values(&["hit"]),
             token_cache_miss: token_cache.with_label_values(&["miss"]),
             token_cache,

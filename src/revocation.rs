@@ -164,6 +164,57 @@ impl Revocations {
             .store(!maps.jtis.is_empty() || subs > 0, Ordering::Release);
     }
 
+    /// What the mirror holds that `stored` (the store's whole list, just
+    /// read) lacks: unexpired `jti`s it does not have (or has with an
+    /// earlier `exp`), and subject cutoffs it does not have (or has
+    /// earlier). After a store lost data (`FLUSHALL`, a failover to a
+    /// replica that missed writes) these are written back, so the store
+    /// converges to the union and an instance started later enforces them.
+    pub fn missing_from(&self, stored: &[Revocation], now: i64) -> Vec<Revocation> {
+        let Ok(maps) = self.maps.read() else {
+            return Vec::new();
+        };
+        let mut jtis: HashMap<&str, i64> = HashMap::with_capacity(stored.len());
+        let mut subs: HashMap<(&str, Option<&str>), i64> = HashMap::new();
+        for r in stored {
+            match r {
+                Revocation::Jti { jti, exp } => {
+                    let e = jtis.entry(jti.as_str()).or_insert(*exp);
+                    *e = (*e).max(*exp);
+                }
+                Revocation::Sub { sub, iss, before } => {
+                    let b = subs
+                        .entry((sub.as_str(), iss.as_deref()))
+                        .or_insert(*before);
+                    *b = (*b).max(*before);
+                }
+                Revocation::Session { .. } => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (jti, exp) in &maps.jtis {
+            if *exp > now && jtis.get(jti.as_str()).is_none_or(|e| e < exp) {
+                out.push(Revocation::Jti {
+                    jti: jti.clone(),
+                    exp: *exp,
+                });
+            }
+        }
+        for (sub, cutoffs) in &maps.subs {
+            for (iss, before) in cutoffs {
+                let have = subs.get(&(sub.as_str(), iss.as_deref()));
+                if have.is_none_or(|b| b < before) {
+                    out.push(Revocation::Sub {
+                        sub: sub.clone(),
+                        iss: iss.clone(),
+                        before: *before,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// (revoked jtis, subject cutoffs) currently mirrored.
     pub fn sizes(&self) -> (usize, usize) {
         (
@@ -192,6 +243,59 @@ mod tests {
             iat,
             rendered: Default::default(),
         }
+    }
+
+    #[test]
+    fn what_the_store_lost_is_found_for_writing_back() {
+        let m = Revocations::default();
+        let now = 1_000;
+        let jti = |j: &str, exp| Revocation::Jti { jti: j.into(), exp };
+        let sub = |s: &str, iss: Option<&str>, before| Revocation::Sub {
+            sub: s.into(),
+            iss: iss.map(str::to_string),
+            before,
+        };
+        for r in [
+            jti("kept", 2_000),
+            jti("lost", 2_000),
+            jti("longer", 3_000),
+            sub("alice", None, 900),
+            sub("bob", Some("hs"), 800),
+            sub("carol", None, 950),
+        ] {
+            m.apply(&r, now).unwrap();
+        }
+        let stored = [
+            jti("kept", 2_000),
+            jti("longer", 2_500),
+            sub("alice", None, 900),
+            sub("carol", None, 700),
+        ];
+        let mut missing = m.missing_from(&stored, now);
+        missing.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            missing,
+            [
+                jti("longer", 3_000),
+                jti("lost", 2_000),
+                sub("bob", Some("hs"), 800),
+                sub("carol", None, 950),
+            ]
+        );
+        // jtis that expired meanwhile are not written back
+        let later = m.missing_from(&stored, 3_000);
+        assert!(later.iter().all(|r| !matches!(r, Revocation::Jti { .. })));
+        assert_eq!(later.len(), 2);
+        // nothing is missing from a store that has all of it
+        let all = [
+            jti("kept", 2_000),
+            jti("lost", 2_000),
+            jti("longer", 3_000),
+            sub("alice", None, 900),
+            sub("bob", Some("hs"), 800),
+            sub("carol", None, 950),
+        ];
+        assert!(m.missing_from(&all, now).is_empty());
     }
 
     #[test]

@@ -53,6 +53,30 @@ impl RevocationWatcher {
     async fn resync(&self, redis: &RedisStore) -> Result<usize, StoreError> {
         let now = now_unix();
         let all = redis.load_revocations(now).await?;
+        // What this mirror enforces and the store lost (FLUSHALL, a
+        // failover to a replica that missed writes) goes back, so the
+        // store converges to the union and an instance started later
+        // enforces it too. Written as any revocation is (announced too:
+        // applying it again is a no-op for the others).
+        let missing = self.state.revocations.missing_from(&all, now);
+        if !missing.is_empty() {
+            let (mut jtis, mut subs) = (0u64, 0u64);
+            for r in &missing {
+                redis.revoke(r, None).await?;
+                match r {
+                    Revocation::Jti { .. } => jtis += 1,
+                    _ => subs += 1,
+                }
+            }
+            let m = &self.state.metrics.revocations_restored;
+            m.with_label_values(&["jti"]).inc_by(jtis);
+            m.with_label_values(&["sub"]).inc_by(subs);
+            tracing::warn!(
+                jtis,
+                subs,
+                "the store had lost revocations this instance enforces; written back"
+            );
+        }
         for r in &all {
             // A full list: local over-capacity is logged by apply's callers.
             let _ = self.state.revocations.apply(r, now);

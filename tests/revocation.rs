@@ -1316,3 +1316,81 @@ fn cli_revoke_takes_ids_that_start_with_a_hyphen() {
     assert_revoked(&gw, &t);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Redis loses its revocations (`FLUSHALL`); the running instances keep
+/// enforcing them from their mirrors, and their next re-read writes them
+/// back (counted, logged), so an instance started afterwards on the same
+/// Redis refuses the token too, and Redis holds the jti and the subject
+/// cutoff again. Before the write-back, that fresh instance answered 200.
+#[test]
+fn revocations_lost_from_redis_are_written_back_by_the_mirrors() {
+    let p = Pair::start("");
+    let by_jti = tok("alice", "wb-1");
+    revoke_ok(&p.a, &json!({"jti": "wb-1", "exp": exp_of(&by_jti)}));
+    // issued before the cutoff, so the cutoff covers it
+    let by_sub = tok("mallory", "wb-2");
+    revoke_ok(&p.a, &json!({"sub": "mallory"}));
+    for (_, gw) in p.both() {
+        wait_revoked(gw, &by_jti, "jti wb-1 before the flush");
+        assert_revoked(gw, &by_sub);
+    }
+    assert_eq!(p.redis.cmd(&["FLUSHALL"]), "OK");
+    assert_eq!(
+        p.redis.query(&["EXISTS", "authgate:{revoked}:jti"]),
+        Resp::Int(0)
+    );
+    // the mirrors still enforce both
+    for (_, gw) in p.both() {
+        assert_revoked(gw, &by_jti);
+        assert_revoked(gw, &by_sub);
+    }
+    // one re-read (every 30 s) later, Redis has them back: written by
+    // whichever instance re-reads first (the other then finds them there)
+    let restored = |kind: &str| -> f64 {
+        [&p.a, &p.b]
+            .iter()
+            .filter_map(|gw| {
+                metric(
+                    &gw.metrics(),
+                    "authgate_revocations_restored_total",
+                    &[("kind", kind)],
+                )
+            })
+            .sum()
+    };
+    let start = Instant::now();
+    while restored("jti") < 1.0 || restored("sub") < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "nothing written back: jti {}, sub {}",
+            restored("jti"),
+            restored("sub")
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    match p.redis.query(&["ZSCORE", "authgate:{revoked}:jti", "wb-1"]) {
+        Resp::Bulk(Some(_)) => {}
+        other => panic!("wb-1 not written back: {other:?}"),
+    }
+    match p
+        .redis
+        .query(&["HGET", "authgate:{revoked}:sub", "*\nmallory"])
+    {
+        Resp::Bulk(Some(_)) => {}
+        other => panic!("the mallory cutoff not written back: {other:?}"),
+    }
+    assert!(
+        p.a.logs().contains("written back") || p.b.logs().contains("written back"),
+        "the write-back is not logged"
+    );
+    // a fresh instance on the same Redis refuses both
+    let toml = config(true, &redis_store(&p.redis.url()), "").replace("{upstream}", &p.up.addr);
+    let c = Gateway::start(&toml, &env());
+    let start = Instant::now();
+    while c.admin_get("/readyz").status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(10), "C never ready");
+        thread::sleep(POLL);
+    }
+    assert_revoked(&c, &by_jti);
+    assert_revoked(&c, &by_sub);
+}

@@ -131,6 +131,15 @@ fn sigterm_on_an_idle_gateway_exits_cleanly() {
             .any(|l| l["message"] == "request" && l["path"] == "/api/x"),
         "no request line\n{logs}"
     );
+    // the request line's target is the one operators filter on
+    // (`RUST_LOG=authgate::gateway=warn`), whatever module writes it
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "request")
+            .all(|l| l["target"] == "authgate::gateway"),
+        "request lines with another target\n{logs}"
+    );
     assert_eq!(
         lines.last().map(|l| l["message"].clone()),
         Some(serde_json::json!("stopped")),

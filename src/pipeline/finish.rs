@@ -74,7 +74,10 @@ impl Pipeline {
                 .inc(),
         }
         let client_ip = ctx.client_ip.map(identity::IpText::new);
+        // The target operators filter on (`RUST_LOG=authgate::gateway=warn`
+        // turns the request line off): kept stable, whatever module writes it.
         tracing::info!(
+            target: "authgate::gateway",
             route,
             method,
             auth = ctx.auth_label,

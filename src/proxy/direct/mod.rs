@@ -116,6 +116,7 @@ impl Direct {
                         }
                     };
                     tracing::error!(
+                        target: "authgate::direct",
                         "Fail to proxy: {error}, status: {code}, {} {}",
                         req.parts.method,
                         req.parts.uri.path()
@@ -132,6 +133,7 @@ impl Direct {
                     answer_bytes(&mut bufs.out, &answer, head_only, false);
                     let _ = write_out(&mut client, &bufs.out).await;
                     tracing::error!(
+                        target: "authgate::direct",
                         "Fail to proxy: {error}, status: 502, {} {}",
                         req.parts.method,
                         req.parts.uri.path()
