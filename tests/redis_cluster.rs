@@ -816,3 +816,60 @@ fn a_shared_rate_limit_of_10_lets_exactly_10_of_50_through_across_both() {
         "{holders:?}"
     );
 }
+
+/// The revocation keys are lost on the cluster (deleted, as a failover to a
+/// replica that missed writes or a flush would lose them): the instances
+/// keep enforcing them and their next re-read writes them back, so an
+/// instance started afterwards refuses the tokens too.
+#[test]
+fn revocations_lost_from_the_cluster_are_written_back() {
+    let f = Fleet::start();
+    let t1 = tok("alice", "wb-c1");
+    let exp = token_part(&t1, 1)["exp"].as_i64().unwrap();
+    revoke_ok(&f.a, &json!({"jti": "wb-c1", "exp": exp}));
+    let t2 = tok("bob", "wb-c2");
+    revoke_ok(&f.b, &json!({"sub": "bob"}));
+    for (name, gw) in f.both() {
+        let start = Instant::now();
+        while !revoked(&gw.get_bearer("/api/x", &t1)) || !revoked(&gw.get_bearer("/api/x", &t2)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "revocations on {name}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(f.cluster.cli(&["DEL", REVOKED_JTIS]), "1");
+    assert_eq!(f.cluster.cli(&["DEL", REVOKED_SUBS]), "1");
+    for (_, gw) in f.both() {
+        assert_revoked(gw, &t1, "jti after the loss, from the mirror");
+        assert_revoked(gw, &t2, "bob after the loss, from the mirror");
+    }
+    // one re-read (30 s) later the cluster holds both again
+    let start = Instant::now();
+    while f.cluster.cli(&["ZSCORE", REVOKED_JTIS, "wb-c1"]).is_empty()
+        || f.cluster.cli(&["HLEN", REVOKED_SUBS]) != "1"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "not written back to the cluster"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    let restored: f64 = f
+        .both()
+        .iter()
+        .filter_map(|(_, gw)| {
+            metric(
+                &gw.metrics(),
+                "authgate_revocations_restored_total",
+                &[("kind", "jti")],
+            )
+        })
+        .sum();
+    assert!(restored >= 1.0, "restored jtis counted: {restored}");
+    let c = Gateway::start(&f.toml, &env());
+    wait_ready(&c);
+    assert_revoked(&c, &t1, "jti on an instance started after the write-back");
+    assert_revoked(&c, &t2, "bob on an instance started after the write-back");
+}
