@@ -1379,10 +1379,11 @@ fn revocations_lost_from_redis_are_written_back_by_the_mirrors() {
         Resp::Bulk(Some(_)) => {}
         other => panic!("the mallory cutoff not written back: {other:?}"),
     }
-    assert!(
-        p.a.logs().contains("written back") || p.b.logs().contains("written back"),
-        "the write-back is not logged"
-    );
+    // logged after it is counted, through the log writer's thread
+    let logged = poll_until(Duration::from_secs(5), || {
+        (p.a.logs().contains("written back") || p.b.logs().contains("written back")).then_some(())
+    });
+    assert!(logged.is_some(), "the write-back is not logged");
     // a fresh instance on the same Redis refuses both
     let toml = config(true, &redis_store(&p.redis.url()), "").replace("{upstream}", &p.up.addr);
     let c = Gateway::start(&toml, &env());
