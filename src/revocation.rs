@@ -255,15 +255,16 @@ mod tests {
             iss: iss.map(str::to_string),
             before,
         };
-        for r in [
+        let all = [
             jti("kept", 2_000),
             jti("lost", 2_000),
             jti("longer", 3_000),
             sub("alice", None, 900),
             sub("bob", Some("hs"), 800),
             sub("carol", None, 950),
-        ] {
-            m.apply(&r, now).unwrap();
+        ];
+        for r in &all {
+            m.apply(r, now).unwrap();
         }
         let stored = [
             jti("kept", 2_000),
@@ -287,14 +288,6 @@ mod tests {
         assert!(later.iter().all(|r| !matches!(r, Revocation::Jti { .. })));
         assert_eq!(later.len(), 2);
         // nothing is missing from a store that has all of it
-        let all = [
-            jti("kept", 2_000),
-            jti("lost", 2_000),
-            jti("longer", 3_000),
-            sub("alice", None, 900),
-            sub("bob", Some("hs"), 800),
-            sub("carol", None, 950),
-        ];
         assert!(m.missing_from(&all, now).is_empty());
     }
 

@@ -82,20 +82,10 @@ pub fn dead_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
-/// A fresh, unique directory under the system temp dir.
+/// A fresh, unique directory under the system temp dir (the launcher's,
+/// which the benches include without this module).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "authgate-test-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    redis_server::fresh_dir(tag)
 }
 
 /// 1-based number of the first line of `text` containing `needle`.

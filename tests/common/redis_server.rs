@@ -41,7 +41,8 @@ pub fn cluster_port() -> u16 {
     }
 }
 
-fn fresh_dir(tag: &str) -> PathBuf {
+/// A fresh, unique directory under the system temp dir.
+pub fn fresh_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
