@@ -282,8 +282,12 @@ fn json_field(body: &BodyPrefix, field: &str) -> Option<String> {
     }
 }
 
-/// The store key of one limit for one request: `route`'s hash tag keeps a
-/// route's keys in one Redis Cluster slot. Falls back to the client IP when
+/// The store key of one limit for one request:
+/// `authgate:rl:{<route hash>:<value hash>}:<limit index>`. The hash tag is
+/// the limited value on its route, so a Redis Cluster spreads the budgets of
+/// different users (or IPs) over its masters, while the limits of one route
+/// on the same value share a slot and are checked in one atomic script.
+/// Falls back to the client IP when
 /// the header or field is absent; a form field with two different values is
 /// `bad_request` (see `form_field`).
 pub fn key_for(
@@ -317,10 +321,79 @@ pub fn key_for(
         }
     };
     Ok(format!(
-        "authgate:rl:{{{}}}:{index}:{}",
+        "authgate:rl:{{{}:{}}}:{index}",
         digest(&[route.as_bytes()]),
         digest(&[kind.as_bytes(), v.as_bytes()])
     ))
+}
+
+/// The Redis Cluster hash tag of a store key: what lies between the first
+/// `{` and the next `}` when that is not empty, else the whole key (the
+/// rule Redis uses to pick a key's slot).
+pub fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(tag, _)| tag)
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key)
+}
+
+/// The request's cells grouped by hash tag (indices, in first-seen order):
+/// each group lives in one cluster slot and can be one atomic script.
+pub fn slot_groups(cells: &[Cell]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, c) in cells.iter().enumerate() {
+        let tag = hash_tag(&c.key);
+        match groups.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((tag, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Joins the decisions of a request's slot groups, each checked atomically
+/// on its own. The request passes only if every group passed; when one
+/// refused, the groups that passed have consumed their cells and must be
+/// refunded: their indices are returned, and their backlog is reported as
+/// it will be after the refund.
+pub fn join_groups(
+    cells: &[Cell],
+    groups: &[Vec<usize>],
+    decisions: &[Decision],
+) -> (Decision, Vec<usize>) {
+    let allowed = decisions.iter().all(|d| d.allowed);
+    let retry_after_us = decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .map(|d| d.retry_after_us)
+        .max()
+        .unwrap_or(0);
+    let mut backlog_us = vec![0; cells.len()];
+    let mut refund = Vec::new();
+    for (g, d) in groups.iter().zip(decisions) {
+        for (&i, b) in g.iter().zip(&d.backlog_us) {
+            let consumed = d.allowed && cells.get(i).is_some_and(|c| c.consume);
+            if let Some(slot) = backlog_us.get_mut(i) {
+                *slot = if !allowed && consumed {
+                    b.saturating_sub(cells.get(i).map_or(0, |c| c.emission_us))
+                } else {
+                    *b
+                };
+            }
+            if !allowed && consumed {
+                refund.push(i);
+            }
+        }
+    }
+    (
+        Decision {
+            allowed,
+            retry_after_us,
+            backlog_us,
+        },
+        refund,
+    )
 }
 
 #[cfg(test)]
@@ -460,7 +533,77 @@ mod tests {
         let (k1, k2, k3, k4) = (k1.unwrap(), k2.unwrap(), k3.unwrap(), k4.unwrap());
         assert_eq!(k1, k2);
         assert_ne!(k1, k3);
-        assert_ne!(k3, k4.replace(":0:", ":9:"));
+        assert_eq!(k3, k4, "a request without the field has its IP's key");
+        // The tag is the limited value on its route: users differ, the
+        // limits of one route on one value share it.
+        let other = key_for("r", 0, &KeySpec::Ip, "10.0.0.2".parse().unwrap(), &h, None);
+        let other = other.unwrap();
+        assert_ne!(hash_tag(&k4), hash_tag(&other));
+        let second = key_for("r", 1, &KeySpec::Ip, ip, &h, None).unwrap();
+        assert_ne!(k4, second);
+        assert_eq!(hash_tag(&k4), hash_tag(&second));
+        let elsewhere = key_for("s", 0, &KeySpec::Ip, ip, &h, None).unwrap();
+        assert_ne!(hash_tag(&k4), hash_tag(&elsewhere));
+    }
+
+    #[test]
+    fn hash_tags_follow_redis() {
+        assert_eq!(hash_tag("authgate:rl:{ab:cd}:0"), "ab:cd");
+        assert_eq!(hash_tag("a{b}c{d}"), "b");
+        assert_eq!(hash_tag("a{}b{c}"), "a{}b{c}");
+        assert_eq!(hash_tag("a{b"), "a{b");
+        assert_eq!(hash_tag("plain"), "plain");
+    }
+
+    fn keyed(key: &str, emission_us: u64) -> Cell {
+        Cell {
+            key: key.into(),
+            emission_us,
+            window_us: 60_000_000,
+            consume: true,
+        }
+    }
+
+    #[test]
+    fn groups_by_slot_and_joins_all_or_nothing() {
+        let cells = [
+            keyed("rl:{ip}:0", 10),
+            keyed("rl:{user}:1", 20),
+            keyed("rl:{ip}:2", 30),
+        ];
+        let groups = slot_groups(&cells);
+        assert_eq!(groups, vec![vec![0, 2], vec![1]]);
+        let pass = |backlog: Vec<u64>| Decision {
+            allowed: true,
+            retry_after_us: 0,
+            backlog_us: backlog,
+        };
+        // Both pass: the request passes, nothing to refund.
+        let (d, refund) = join_groups(&cells, &groups, &[pass(vec![10, 30]), pass(vec![20])]);
+        assert_eq!(d, pass(vec![10, 20, 30]));
+        assert!(refund.is_empty());
+        // The user's group refuses: the IP group consumed, so it is
+        // refunded and reported as it will be after the refund.
+        let refused = Decision {
+            allowed: false,
+            retry_after_us: 7,
+            backlog_us: vec![55],
+        };
+        let (d, refund) = join_groups(&cells, &groups, &[pass(vec![15, 40]), refused.clone()]);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_us, 7);
+        assert_eq!(d.backlog_us, vec![5, 55, 10]);
+        assert_eq!(refund, vec![0, 2]);
+        // Both refuse: the longest wait, no refund.
+        let also = Decision {
+            allowed: false,
+            retry_after_us: 9,
+            backlog_us: vec![1, 2],
+        };
+        let (d, refund) = join_groups(&cells, &groups, &[also, refused]);
+        assert_eq!(d.retry_after_us, 9);
+        assert_eq!(d.backlog_us, vec![1, 55, 2]);
+        assert!(refund.is_empty());
     }
 
     #[test]

@@ -20,6 +20,10 @@ use std::sync::Once;
 // ---------------------------------------------------------------------------
 // router
 
+#[path = "reference/rl_key.rs"]
+mod rl_key;
+use rl_key::key_shape_ok;
+
 #[path = "reference/route.rs"]
 mod route_reference;
 use route_reference::{has_hidden_separator, is_dot_segment, reference, unsafe_path};
@@ -481,18 +485,6 @@ fn the_valid_config_loads() {
 
 // ---------------------------------------------------------------------------
 // rate-limit keys
-
-fn key_shape_ok(key: &str, index: usize) -> bool {
-    let Some(rest) = key.strip_prefix("authgate:rl:{") else {
-        return false;
-    };
-    let hex = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let parts: Vec<&str> = rest.splitn(3, ':').collect();
-    parts.len() == 3
-        && parts[0].strip_suffix('}').is_some_and(hex)
-        && parts[1] == index.to_string()
-        && hex(parts[2])
-}
 
 fn body(bytes: &[u8], complete: bool) -> BodyPrefix {
     BodyPrefix {

@@ -23,17 +23,10 @@ struct Input {
     ip: [u8; 16],
 }
 
-fn shape_ok(key: &str, index: usize) -> bool {
-    let Some(rest) = key.strip_prefix("authgate:rl:{") else {
-        return false;
-    };
-    let hex = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let parts: Vec<&str> = rest.splitn(3, ':').collect();
-    parts.len() == 3
-        && parts[0].strip_suffix('}').is_some_and(hex)
-        && parts[1] == index.to_string()
-        && hex(parts[2])
-}
+#[path = "../../tests/reference/rl_key.rs"]
+mod rl_key;
+use rl_key::key_shape_ok as shape_ok;
+
 
 fuzz_target!(|input: Input| {
     let Ok(spec) = KeySpec::parse(&input.spec) else {

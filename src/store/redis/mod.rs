@@ -15,7 +15,7 @@ pub use connect::{
 };
 
 use super::{SessionRecord, Store, StoreError};
-use crate::ratelimit::{Cell, Decision};
+use crate::ratelimit::{self, Cell, Decision};
 use crate::revocation::{parse_sub_field, sub_field, Revocation};
 use async_trait::async_trait;
 use connect::{ask_sentinel, connect_push, db_of, node_url, unavailable};
@@ -456,6 +456,80 @@ impl Store for RedisStore {
     }
 
     async fn rate_check(&self, cells: &[Cell]) -> Result<Decision, StoreError> {
+        if matches!(self.topology, Topology::Cluster(_)) {
+            let groups = ratelimit::slot_groups(cells);
+            if groups.len() > 1 {
+                return self.rate_check_slots(cells, &groups).await;
+            }
+        }
+        self.rate_check_one(cells).await
+    }
+
+    async fn rate_refund(&self, cells: &[Cell]) -> Result<(), StoreError> {
+        if matches!(self.topology, Topology::Cluster(_)) {
+            let groups = ratelimit::slot_groups(cells);
+            if groups.len() > 1 {
+                let parts: Vec<Vec<Cell>> = groups.iter().map(|g| pick(cells, g)).collect();
+                let done =
+                    futures_util::future::join_all(parts.iter().map(|p| self.rate_refund_one(p)))
+                        .await;
+                return done.into_iter().collect();
+            }
+        }
+        self.rate_refund_one(cells).await
+    }
+}
+
+/// The cells at `indices`, in that order.
+fn pick(cells: &[Cell], indices: &[usize]) -> Vec<Cell> {
+    indices
+        .iter()
+        .filter_map(|i| cells.get(*i).cloned())
+        .collect()
+}
+
+impl RedisStore {
+    /// A request whose limits live in several cluster slots (a route
+    /// limited by IP and by user name): one script per slot, all sent at
+    /// once, so the request still waits one round trip. Each slot's check is
+    /// atomic, so each budget stays exact across instances; when one slot
+    /// refuses, the slots that passed are refunded, so a refused request
+    /// costs nothing. Until that refund lands, a concurrent request may see
+    /// the budget one lower: the error is on the side of refusing.
+    async fn rate_check_slots(
+        &self,
+        cells: &[Cell],
+        groups: &[Vec<usize>],
+    ) -> Result<Decision, StoreError> {
+        let parts: Vec<Vec<Cell>> = groups.iter().map(|g| pick(cells, g)).collect();
+        let answers =
+            futures_util::future::join_all(parts.iter().map(|p| self.rate_check_one(p))).await;
+        let mut decisions = Vec::with_capacity(answers.len());
+        let mut failed = None;
+        for a in answers {
+            match a {
+                Ok(d) => decisions.push(d),
+                Err(e) => failed = Some(e),
+            }
+        }
+        // A slot that could not be checked fails the whole request (the
+        // route's `on_error` decides); what other slots consumed stays
+        // consumed, which errs on the side of refusing.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let (decision, refund) = ratelimit::join_groups(cells, groups, &decisions);
+        if !refund.is_empty() {
+            if let Err(e) = self.rate_refund(&pick(cells, &refund)).await {
+                tracing::warn!(error = %e, op = "ratelimit", "a refused request's other budgets could not be refunded");
+            }
+        }
+        Ok(decision)
+    }
+
+    /// One atomic script over cells that share a slot (or any cells on a
+    /// single node).
+    async fn rate_check_one(&self, cells: &[Cell]) -> Result<Decision, StoreError> {
         let mut inv = RATE_CHECK.prepare_invoke();
         for c in cells {
             inv.key(&c.key);
@@ -485,7 +559,7 @@ impl Store for RedisStore {
         })
     }
 
-    async fn rate_refund(&self, cells: &[Cell]) -> Result<(), StoreError> {
+    async fn rate_refund_one(&self, cells: &[Cell]) -> Result<(), StoreError> {
         let mut inv = RATE_REFUND.prepare_invoke();
         for c in cells {
             inv.key(&c.key);
