@@ -7,11 +7,16 @@
 //!
 //! - **redis**: `[store] kind = "redis"`, its own `redis-server` on a free
 //!   loopback port (one atomic script call per limited request);
+//! - **cluster**: `[store] kind = "redis_cluster"` on three masters of its
+//!   own (`redis-cli --cluster create`), to show that a limited request
+//!   through a cluster costs what it costs on one node (no Nagle /
+//!   delayed-ACK stall: docs/operations.md);
 //! - **memory**: no `[store]` (the in-process limiter).
 //!
 //! N client threads on keep-alive connections, a fixed time per phase after a
-//! warm-up; phases alternate (redis open, redis limited, memory open, memory
-//! limited, then the same in reverse order, and so on) to spread machine
+//! warm-up; phases alternate (redis open, redis limited, cluster open,
+//! cluster limited, memory open, memory limited, then the same in reverse
+//! order, and so on) to spread machine
 //! noise and order effects. Prints req/s, p50 / p99 per
 //! phase and per (store, route), and the ratio limited / unlimited per store.
 //! Before measuring, each limited route is checked to answer 200 with
@@ -25,7 +30,7 @@
 //! Nothing is asserted about speed: machines are noisy. Tunables (env):
 //! `AUTHGATE_BENCH_CLIENTS` (client threads, default 8), `AUTHGATE_BENCH_SECS`
 //! (measured seconds per phase, default 5), `AUTHGATE_BENCH_ROUNDS`
-//! (alternations of the four phases, default 2).
+//! (alternations of the six phases, default 2).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,14 +46,38 @@ fn main() {
     let (clients, _, rounds, measure, warmup) = b.knobs();
     let (dir, redis, redis_version, upstream) = (&b.dir, &b.redis, &b.redis_version, b.upstream);
     let con = &mut b.con;
-    let on_redis = Gateway::start(dir, "redis", Some(redis.addr), upstream);
-    let on_memory = Gateway::start(dir, "memory", None, upstream);
+    let cluster = start_cluster(dir);
+    let on_redis = Gateway::start(
+        dir,
+        "redis",
+        &format!("kind = \"redis\"\nurl = \"redis://{}/0\"", redis.addr),
+        upstream,
+    );
+    let seeds: Vec<String> = cluster
+        .iter()
+        .map(|n| format!("\"{}\"", n.node_url()))
+        .collect();
+    let on_cluster = Gateway::start(
+        dir,
+        "cluster",
+        &format!("kind = \"redis_cluster\"\nurls = [{}]", seeds.join(", ")),
+        upstream,
+    );
+    let on_memory = Gateway::start(dir, "memory", "", upstream);
 
     println!("authgate rate-limit benchmark");
     println!(
         "  cpus: {}  redis-server {redis_version} on {}  upstream on {upstream}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         redis.addr
+    );
+    println!(
+        "  redis cluster: three masters on {}",
+        cluster
+            .iter()
+            .map(|n| n.addr())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("  gateway: {BIN} (threads = 2, request log to /dev/null)");
     println!(
@@ -59,7 +88,7 @@ fn main() {
     );
 
     // The limiter really runs on /limited (and not on /open).
-    for gw in [&on_redis, &on_memory] {
+    for gw in [&on_redis, &on_cluster, &on_memory] {
         let mut c = Conn::open(gw.proxy).expect("connect");
         let (status, _) = c.send(&get_request("/limited")).expect("GET /limited");
         assert_eq!(status, 200, "GET /limited on the {} gateway", gw.name);
@@ -83,9 +112,11 @@ fn main() {
 
     let open = get_request("/open");
     let limited = get_request("/limited");
-    let phases: [(&str, &Gateway, &Vec<u8>); 4] = [
+    let phases: [(&str, &Gateway, &Vec<u8>); 6] = [
         ("redis, unlimited", &on_redis, &open),
         ("redis, limited", &on_redis, &limited),
+        ("cluster, unlimited", &on_cluster, &open),
+        ("cluster, limited", &on_cluster, &limited),
         ("memory, unlimited", &on_memory, &open),
         ("memory, limited", &on_memory, &limited),
     ];
@@ -162,16 +193,17 @@ fn main() {
     println!();
     for (store, unlimited, limited) in [
         ("redis", &totals[0], &totals[1]),
-        ("memory", &totals[2], &totals[3]),
+        ("cluster", &totals[2], &totals[3]),
+        ("memory", &totals[4], &totals[5]),
     ] {
         println!(
-            "  {store:<6} limited / unlimited: throughput {:.3}   p50 {:.3}   p99 {:.3}",
+            "  {store:<7} limited / unlimited: throughput {:.3}   p50 {:.3}   p99 {:.3}",
             limited.rps / unlimited.rps.max(f64::EPSILON),
             f64::from(limited.p50_us) / f64::from(unlimited.p50_us.max(1)),
             f64::from(limited.p99_us) / f64::from(unlimited.p99_us.max(1)),
         );
     }
-    for gw in [&on_redis, &on_memory] {
+    for gw in [&on_redis, &on_cluster, &on_memory] {
         println!(
             "  {} gateway after the run: authgate_rate_limited_total{{route=\"limited\"}} = {}, authgate_store_errors_total{{op=\"ratelimit\"}} = {}",
             gw.name,
@@ -183,6 +215,14 @@ fn main() {
     }
     let calls = info_field(con, "commandstats", "cmdstat_evalsha");
     println!("  redis EVALSHA stats: {calls}");
+    for n in &cluster {
+        let stats = n.cmd(&["INFO", "commandstats"]);
+        let evalsha = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap_or("cmdstat_evalsha: none");
+        println!("  cluster node {} {evalsha}", n.addr());
+    }
 }
 
 /// One result line.
@@ -224,19 +264,16 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Starts one on Redis (`Some`) or on the memory store (`None`) and waits
-    /// for `/readyz`.
-    fn start(
-        dir: &Path,
-        name: &'static str,
-        redis: Option<SocketAddr>,
-        upstream: SocketAddr,
-    ) -> Gateway {
+    /// Starts one with these `[store]` keys (none: the memory store) and
+    /// waits for `/readyz`.
+    fn start(dir: &Path, name: &'static str, store: &str, upstream: SocketAddr) -> Gateway {
         let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let store = redis.map_or(String::new(), |r| {
-            format!("[store]\nkind = \"redis\"\nurl = \"redis://{r}/0\"\non_error = \"deny\"\n")
-        });
+        let store = if store.is_empty() {
+            String::new()
+        } else {
+            format!("[store]\n{store}\non_error = \"deny\"\n")
+        };
         let toml = format!(
             r#"[server]
 listen = "{proxy}"

@@ -13,7 +13,9 @@
 //! enforced, by the running instance and by one started after the failover
 //! (which loads it from the new master). The same failover with AUTH on the
 //! data nodes (an ACL user, `[store] username` + `password_env`): authgate
-//! authenticates to whichever master Sentinel names.
+//! authenticates to whichever master Sentinel names. Rate-limited requests,
+//! session reads and revocations through Sentinel take well under the 40 ms
+//! of a Nagle / delayed-ACK stall.
 
 mod common;
 
@@ -465,6 +467,57 @@ fn a_revocation_the_replica_never_received_is_written_back_after_the_failover() 
 /// ping, replicate and be driven by Sentinel, but read, write and run
 /// scripts on nothing): authgate authenticates to the master Sentinel names
 /// with `[store] username` + `password_env`, before and after a failover.
+/// The requests that reach the master Sentinel names do not stall either
+/// (the cluster's 40 ms question, asked of Sentinel): rate-limited requests
+/// (allowed and refused), session reads on a cache miss, and revocations.
+#[test]
+fn requests_through_sentinel_do_not_stall() {
+    let s = SentinelSetup::start("mymaster");
+    let up = Upstream::start();
+    let toml = config(&s.sentinel_url(), &s.name).replace("{upstream}", &up.addr);
+    let gw = Gateway::start(&toml, &env());
+    wait_ready(&gw, Duration::from_secs(15));
+    limited(&gw, "warm-up");
+    let mut by_status: std::collections::BTreeMap<u16, Latencies> = Default::default();
+    for i in 0..30 {
+        let mut took = Latencies::default();
+        let r = took.time(|| limited(&gw, &format!("c{}", i / 10)));
+        by_status.entry(r.status).or_default().ms.extend(took.ms);
+    }
+    assert_eq!(by_status.keys().copied().collect::<Vec<_>>(), [200, 429]);
+    for (status, lat) in &mut by_status {
+        lat.assert_no_stall(&format!("rate-limited {status}"));
+    }
+    let mut reads = Latencies::default();
+    for i in 0..30 {
+        let sid = new_sid("nostall");
+        let value = session_value(json!({"userId": format!("u{i}")}), DAY_MS, DAY_MS);
+        s.master.cmd(&[
+            "SET",
+            &format!("sess:{sid}"),
+            &value,
+            "PX",
+            &DAY_MS.to_string(),
+        ]);
+        let cookie = format!("sid={}", sign_cookie(&sid, SESSION_SECRET.as_bytes()));
+        let r = reads.time(|| gw.get("/app/x", &[("Cookie", &cookie)]));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    reads.assert_no_stall("session read on a cache miss");
+    let mut revokes = Latencies::default();
+    for i in 0..10 {
+        let t = tok("mallory", &format!("nostall-{i}"));
+        let r = revokes.time(|| {
+            revoke(
+                &gw,
+                &json!({"jti": format!("nostall-{i}"), "exp": exp_of(&t)}),
+            )
+        });
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    revokes.assert_no_stall("POST /admin/revoke");
+}
+
 #[test]
 fn failover_with_acl_authentication_on_the_data_nodes() {
     const PW: &str = "gate-pw-0123456789";

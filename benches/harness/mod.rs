@@ -63,6 +63,44 @@ impl RedisServer {
     }
 }
 
+/// Three cluster-enabled `redis-server`s (all masters) joined by
+/// `redis-cli --cluster create`, ready (`cluster_state:ok`, every slot
+/// assigned) when this returns; killed on drop.
+pub fn start_cluster(dir: &Path) -> Vec<redis_server::RedisServer> {
+    let nodes: Vec<redis_server::RedisServer> = (0..3)
+        .map(|_| {
+            redis_server::Redis::new("bench-cluster")
+                .dir(dir)
+                .cluster_node()
+                .start()
+        })
+        .collect();
+    let out = std::process::Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(nodes.iter().map(|n| n.addr()))
+        .arg("--cluster-yes")
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| {
+        let info = n.cmd(&["CLUSTER", "INFO"]);
+        info.contains("cluster_state:ok") && info.contains("cluster_slots_assigned:16384")
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench cluster is not ok after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes
+}
+
 pub fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
     let info: String = redis::cmd("INFO").arg(section).query(con).expect("INFO");
     info.lines()

@@ -940,3 +940,44 @@ pub fn poll_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Op
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Latency samples of one kind of request, for the no-stall checks: a
+/// Nagle / delayed-ACK stall adds about 40 ms, so a loopback median under
+/// [`STALL_BOUND_MS`] says there is none while leaving room for a busy CI
+/// machine.
+#[derive(Default, Debug)]
+pub struct Latencies {
+    pub ms: Vec<f64>,
+}
+
+/// The generous bound on a loopback median (milliseconds).
+pub const STALL_BOUND_MS: f64 = 10.0;
+
+impl Latencies {
+    /// Runs `f`, records how long it took, returns its value.
+    pub fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let v = f();
+        self.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        v
+    }
+
+    /// Prints the median and the samples, and fails when the median is at
+    /// or over [`STALL_BOUND_MS`].
+    #[track_caller]
+    pub fn assert_no_stall(&mut self, what: &str) {
+        assert!(!self.ms.is_empty(), "{what}: no samples");
+        self.ms.sort_by(f64::total_cmp);
+        let median = self.ms[self.ms.len() / 2];
+        println!(
+            "{what}: median {median:.2} ms over {}: {:.2?}",
+            self.ms.len(),
+            self.ms
+        );
+        assert!(
+            median < STALL_BOUND_MS,
+            "{what}: median {median:.2} ms: {:.2?}",
+            self.ms
+        );
+    }
+}
