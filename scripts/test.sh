@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/prereqs.sh
 tests/express/setup.sh
-tests/assertion/setup.sh >/dev/null
+tests/python/setup.sh >/dev/null
 cargo test --release --locked "$@"

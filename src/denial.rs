@@ -249,6 +249,38 @@ impl Answer {
         }
     }
 
+    /// The same refusal as a gRPC client reads it: HTTP 200, trailers-only
+    /// (one HEADERS frame that ends the stream) with `grpc-status` mapped
+    /// from the HTTP status ([`grpc_code`]) and `grpc-message` naming the
+    /// reason code; the challenge, `Retry-After` and `RateLimit` fields
+    /// stay. A gRPC client reports an HTTP error page as a protocol error
+    /// (UNKNOWN/INTERNAL), losing why it was refused.
+    pub fn grpc(self, reason: &'static str) -> Answer {
+        let code = grpc_code(self.status);
+        let mut headers = Vec::with_capacity(self.headers.len() + 2);
+        headers.push(("Content-Type", Cow::Borrowed("application/grpc")));
+        headers.push(("grpc-status", Cow::Borrowed(GRPC_CODES[usize::from(code)])));
+        headers.push(("grpc-message", Cow::Borrowed(reason)));
+        headers.push(("Content-Length", Cow::Borrowed("0")));
+        headers.extend(self.headers.into_iter().filter(|(n, _)| {
+            [
+                "WWW-Authenticate",
+                "Retry-After",
+                "RateLimit-Policy",
+                "RateLimit",
+                "Cache-Control",
+            ]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(n))
+        }));
+        Answer {
+            status: 200,
+            headers,
+            body: Bytes::new(),
+            close: self.close,
+        }
+    }
+
     /// An error without a contract reason (pingora's client-fault or
     /// internal statuses): empty body, and the connection closes.
     pub fn error(status: u16) -> Answer {
@@ -264,9 +296,86 @@ impl Answer {
     }
 }
 
+/// Whether a request is gRPC by its `Content-Type`: it starts with
+/// `application/grpc` (`application/grpc+proto`, and gRPC-Web's
+/// `application/grpc-web*`, whose clients read a trailers-only status from
+/// the head too). Its refusals are gRPC statuses.
+pub fn is_grpc(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.as_bytes().get(..16))
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+}
+
+/// The gRPC status codes 0..=16 as text (a header value without a
+/// per-answer allocation).
+pub const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// The gRPC status for an HTTP status the gateway answers with:
+/// UNAUTHENTICATED (16) for 401, PERMISSION_DENIED (7) for 403,
+/// RESOURCE_EXHAUSTED (8) for 429 and for a request over a size limit
+/// (413, 431), UNAVAILABLE (14) for 502/503/504, INVALID_ARGUMENT (3) for
+/// 400, UNIMPLEMENTED (12) for 404 (no route, as gRPC's own HTTP mapping),
+/// DEADLINE_EXCEEDED (4) for 408, INTERNAL (13) for 500, UNKNOWN (2) else.
+pub fn grpc_code(http: u16) -> u8 {
+    match http {
+        401 => 16,
+        403 => 7,
+        429 | 413 | 431 => 8,
+        502..=504 => 14,
+        400 => 3,
+        404 => 12,
+        408 => 4,
+        500 => 13,
+        _ => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_and_answers() {
+        let ct = |s: &'static str| Some(http::HeaderValue::from_static(s));
+        assert!(is_grpc(ct("application/grpc").as_ref()));
+        assert!(is_grpc(ct("application/grpc+proto").as_ref()));
+        assert!(is_grpc(ct("Application/GRPC; charset=utf-8").as_ref()));
+        assert!(is_grpc(ct("application/grpc-web+proto").as_ref()));
+        assert!(!is_grpc(ct("application/grp").as_ref()));
+        assert!(!is_grpc(ct("text/application/grpc").as_ref()));
+        assert!(!is_grpc(ct("application/json").as_ref()));
+        assert!(!is_grpc(None));
+        let a = Answer::deny(
+            Reason::RateLimited,
+            vec![("Retry-After", Cow::Borrowed("3"))],
+            false,
+        )
+        .grpc(Reason::RateLimited.as_str());
+        assert_eq!(a.status, 200);
+        assert!(a.body.is_empty());
+        let h = |n: &str| {
+            a.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(h("grpc-status").as_deref(), Some("8"));
+        assert_eq!(h("grpc-message").as_deref(), Some("rate_limited"));
+        assert_eq!(h("content-type").as_deref(), Some("application/grpc"));
+        assert_eq!(h("retry-after").as_deref(), Some("3"));
+        for (http, grpc) in [
+            (401, 16),
+            (403, 7),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (404, 12),
+        ] {
+            assert_eq!(grpc_code(http), grpc, "{http}");
+        }
+    }
 
     #[test]
     fn bodies_are_json_with_the_contract_codes() {

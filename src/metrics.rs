@@ -14,6 +14,9 @@ pub struct Metrics {
     pub auth_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub rate_limited: IntCounterVec,
+    /// gRPC requests by route and the gRPC status they ended with (the
+    /// gateway's refusal or the upstream's).
+    pub grpc: IntCounterVec,
     pub revocations: IntCounterVec,
     pub store_errors: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
@@ -99,6 +102,11 @@ impl Metrics {
             "authgate_rate_limited_total",
             "Requests refused by a rate limit.",
             &["route"],
+        )?;
+        let grpc = counter(
+            "authgate_grpc_requests_total",
+            "gRPC requests by route and grpc_status (the gateway's refusal or the upstream's status).",
+            &["route", "grpc_status"],
         )?;
         let revocations = counter(
             "authgate_revocations_total",
@@ -187,6 +195,7 @@ impl Metrics {
             auth_duration,
             upstream_duration,
             rate_limited,
+            grpc,
             revocations,
             store_errors,
             jwks_refresh,

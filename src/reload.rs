@@ -10,7 +10,8 @@
 //!   `cache_ttl` (the session cache is sized and keyed at start-up).
 //! - **Restart-only, kept with a warning** (the running value stays):
 //!   `server.listen`, `server.admin_listen`, `server.threads`,
-//!   `server.tls`, `server.grace_period`, `server.request_header_timeout`,
+//!   `server.tls`, `server.http2`, `server.h2c`, `server.grace_period`,
+//!   `server.request_header_timeout`,
 //!   `server.max_header_bytes`, and `[token_cache]` (`size`, `max_ttl`:
 //!   `State`'s cache keeps its start-up sizing; the new runtime carries the
 //!   file's values, which nothing reads after start-up, so the warning
@@ -98,6 +99,8 @@ fn try_reload(state: &State) -> Result<String, ReloadError> {
         ("server.admin_listen", s.admin_listen != o.admin_listen),
         ("server.threads", s.threads != o.threads),
         ("server.tls", s.tls != o.tls),
+        ("server.http2", s.http2 != o.http2),
+        ("server.h2c", s.h2c != o.h2c),
         ("server.grace_period", s.grace_period != o.grace_period),
         (
             "server.request_header_timeout",

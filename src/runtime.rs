@@ -35,6 +35,10 @@ pub struct ServerSettings {
     /// (`direct.rs`); false sends everything through pingora-proxy (an
     /// operator's switch, applied on reload).
     pub direct_path: bool,
+    /// HTTP/2 offered by ALPN on the TLS listener.
+    pub http2: bool,
+    /// HTTP/2 with prior knowledge accepted on the plain listener.
+    pub h2c: bool,
 }
 
 /// The limits a head is read under.
@@ -189,6 +193,19 @@ pub struct Runtime {
     pub generation: u64,
     pub token_cache: TokenCacheSettings,
     pub assertion: Option<Arc<AssertionSettings>>,
+    /// Some upstream speaks HTTP/2 (`protocol = "h2"` or `"h2c"`), which
+    /// only the general transport does.
+    pub h2_upstreams: bool,
+}
+
+impl Runtime {
+    /// Whether plain bodyless HTTP/1.1 requests take the direct transport:
+    /// the operator's switch, and no upstream that needs HTTP/2 (the direct
+    /// transport speaks HTTP/1.1 upstream only; the choice is made before
+    /// the request is routed).
+    pub fn direct_transport(&self) -> bool {
+        self.server.direct_path && !self.h2_upstreams
+    }
 }
 
 /// The compiled `[token_cache]` (sizing is bound at start-up).

@@ -10,7 +10,10 @@ use crate::proxy::listener::HeadGuard;
 use crate::runtime::Runtime;
 use crate::state::State;
 use crate::watch::{JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader};
+use pingora::apps::HttpServerOptions;
 use pingora::connectors::TransportConnector;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -48,6 +51,30 @@ fn check_listen(addr: &str, which: &'static str) -> Result<(), StartError> {
         })
 }
 
+/// How long an HTTP/2 connection may sit with no open stream before it is
+/// closed (as the HTTP/1 keep-alive idle time).
+const H2_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most concurrent streams a client may open on one HTTP/2 connection
+/// (pingora's and h2o's default; nginx has 128): enough for a browser or a
+/// gRPC channel, small enough that one connection cannot take the
+/// gateway's whole capacity.
+const H2_MAX_STREAMS: u32 = 100;
+
+/// The HTTP/2 server settings: the header block capped at
+/// `max_header_bytes` (the HTTP/1 head limit, decoded), at most
+/// [`H2_MAX_STREAMS`] open streams, and h2's guards against rapid reset
+/// (CVE-2023-44487: at most 20 streams reset before the gateway accepted
+/// them, then the connection is closed with ENHANCE_YOUR_CALM).
+fn h2_options(settings: &crate::runtime::ServerSettings) -> H2Options {
+    let mut o = default_h2_options();
+    o.max_header_list_size(u32::try_from(settings.head.max_bytes).unwrap_or(u32::MAX));
+    o.max_concurrent_streams(H2_MAX_STREAMS);
+    o.max_pending_accept_reset_streams(20);
+    o.max_local_error_reset_streams(Some(1024));
+    o
+}
+
 /// Runs the gateway until a signal stops it (SIGTERM drains in-flight
 /// requests for the grace period; SIGINT stops at once).
 pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
@@ -67,7 +94,7 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let gateway = pingora::proxy::http_proxy(
+    let mut gateway = pingora::proxy::http_proxy(
         &server.configuration,
         General {
             pipeline: Pipeline {
@@ -75,6 +102,11 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
             },
         },
     );
+    let mut options = HttpServerOptions::default();
+    options.h2c = settings.h2c;
+    options.h2_idle_timeout = Some(H2_IDLE);
+    gateway.server_options = Some(options);
+    gateway.h2_options = Some(h2_options(&settings));
     let mut proxy = Service::new(
         "authgate proxy".to_string(),
         HeadGuard::new(
@@ -90,9 +122,14 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
         ),
     );
     match &settings.tls {
-        Some((cert, key)) => proxy
-            .add_tls(&settings.listen, cert, key)
-            .map_err(|e| StartError::Tls(e.to_string()))?,
+        Some((cert, key)) => {
+            let mut tls =
+                TlsSettings::intermediate(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
+            if settings.http2 {
+                tls.enable_h2();
+            }
+            proxy.add_tls_with_settings(&settings.listen, None, tls);
+        }
         None => proxy.add_tcp(&settings.listen),
     }
 

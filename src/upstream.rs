@@ -19,6 +19,8 @@ pub struct Upstream {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
     pub tls: bool,
+    /// What the gateway speaks to it.
+    pub protocol: Protocol,
     pub sni: String,
     /// Trust anchors for the upstream's certificate (default: system roots).
     pub ca: Option<Arc<[WrappedX509]>>,
@@ -36,6 +38,27 @@ pub struct Upstream {
     /// The clock `AddrHealth::down_until_ms` counts from.
     born: Instant,
     next: AtomicUsize,
+}
+
+/// The HTTP version spoken to an upstream (`[upstreams.NAME] protocol`).
+/// gRPC backends need HTTP/2: `h2` over TLS (ALPN `h2` only), `h2c` in
+/// plaintext with prior knowledge (RFC 9113 §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
+    H2c,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "http1" => Some(Protocol::Http1),
+            "h2" => Some(Protocol::H2),
+            "h2c" => Some(Protocol::H2c),
+            _ => None,
+        }
+    }
 }
 
 /// Most addresses one upstream may have ([`Tried`] is a bit per address).
@@ -166,6 +189,7 @@ impl Upstream {
             name,
             addrs,
             tls: false,
+            protocol: Protocol::Http1,
             sni: String::new(),
             ca: None,
             connect_timeout: Duration::from_secs(2),
@@ -185,6 +209,12 @@ impl Upstream {
         let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
+        if self.protocol != Protocol::Http1 {
+            // HTTP/2 only: over TLS by ALPN, in plaintext with prior
+            // knowledge (pingora speaks h2 on a plain peer that allows
+            // only version 2)
+            peer.options.set_http_version(2, 2);
+        }
         if self.tls {
             peer.options.verify_cert = true;
             peer.options.verify_hostname = true;

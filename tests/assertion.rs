@@ -15,7 +15,7 @@
 //! - `authgate check` refuses a key of the wrong type, `assertion = true` without
 //!   `[assertion]` and on an `auth = "none"` route (exit 2, `FILE:LINE:COL`).
 //!
-//! Runs `tests/assertion/setup.sh` (a venv with PyJWT under target/, quick when already
+//! Runs `tests/python/setup.sh` (a venv with PyJWT under target/, quick when already
 //! there) itself, and fails when it cannot.
 
 mod common;
@@ -154,11 +154,11 @@ fn the_thumbprint_helper_matches_rfc_8037() {
 // ---------------------------------------------------------------------------
 // the independent verifier
 
-/// The venv interpreter from `tests/assertion/setup.sh` (run once per process).
+/// The venv interpreter from `tests/python/setup.sh` (run once per process).
 fn python() -> &'static str {
     static PY: OnceLock<Result<String, String>> = OnceLock::new();
     let r = PY.get_or_init(|| {
-        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/assertion/setup.sh");
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
         let out = Command::new("bash")
             .arg(&setup)
             .output()

@@ -93,6 +93,10 @@ pub struct ServerFile {
     /// The bodyless HTTP/1.1 fast path (default true; false: every request
     /// through pingora-proxy).
     pub direct_path: Option<bool>,
+    /// HTTP/2 on the TLS listener, by ALPN (default true).
+    pub http2: Option<bool>,
+    /// HTTP/2 with prior knowledge on a plain listener (default false).
+    pub h2c: Option<bool>,
 }
 
 /// TLS termination files.
@@ -140,6 +144,8 @@ pub struct UpstreamFile {
     pub max_fails: Option<i64>,
     /// How long an address that failed stays out (nginx's name).
     pub fail_timeout: Option<String>,
+    /// `http1` (default), `h2` (over TLS) or `h2c` (plaintext HTTP/2).
+    pub protocol: Option<String>,
 }
 
 /// `[issuers.NAME]`.

@@ -73,6 +73,11 @@ impl Pipeline {
                 .with_label_values(&[route, ctx.reason.outcome(), ctx.reason.as_str()])
                 .inc(),
         }
+        if let Some(code) = ctx.grpc_status {
+            m.grpc
+                .with_label_values(&[route, crate::denial::GRPC_CODES[usize::from(code)]])
+                .inc();
+        }
         let client_ip = ctx.client_ip.map(identity::IpText::new);
         // The target operators filter on (`RUST_LOG=authgate::gateway=warn`
         // turns the request line off): kept stable, whatever module writes it.
@@ -83,6 +88,7 @@ impl Pipeline {
             auth = ctx.auth_label,
             path,
             status,
+            grpc_status = ctx.grpc_status,
             outcome = ctx.reason.outcome(),
             reason = ctx.reason.as_str(),
             subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),

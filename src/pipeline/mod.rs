@@ -92,6 +92,13 @@ pub struct Ctx {
     rate_decision: Option<ratelimit::Decision>,
     /// `count = "failures"` cells, consumed if the upstream answers 401/403.
     failure_cells: Vec<Cell>,
+    /// A gRPC request (`Content-Type: application/grpc*`): the gateway's
+    /// own answers are gRPC statuses.
+    grpc: bool,
+    /// The gRPC status of the answer, when there is one (the gateway's, or
+    /// the upstream's `grpc-status` in a trailers-only head or trailers),
+    /// for the request log and metrics.
+    pub grpc_status: Option<u8>,
 }
 
 impl Default for Ctx {
@@ -118,7 +125,37 @@ impl Ctx {
             builtin: None,
             rate_decision: None,
             failure_cells: Vec::new(),
+            grpc: false,
+            grpc_status: None,
         }
+    }
+
+    /// The answer as this request's client reads it: a gRPC request gets
+    /// every refusal as a gRPC status ([`Answer::grpc`]), recorded for the
+    /// log and metrics. Every transport passes its answers through here.
+    pub fn shape(&mut self, answer: Answer) -> Answer {
+        if !self.grpc || answer.status == 200 {
+            return answer;
+        }
+        self.grpc_status = Some(crate::denial::grpc_code(answer.status));
+        answer.grpc(self.reason.as_str())
+    }
+
+    /// Records the upstream's `grpc-status` (a number 0..=16; anything else
+    /// is not a status and is ignored).
+    pub fn note_grpc_status(&mut self, v: Option<&http::HeaderValue>) {
+        if let Some(code) = v
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u8>().ok())
+            .filter(|c| *c <= 16)
+        {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    /// Whether this is a gRPC request.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     /// Ends the request with `reason`'s denial (recorded for the log and

@@ -27,6 +27,7 @@ impl Pipeline {
     ) -> Next {
         ctx.rt = Some(rt.clone());
         ctx.peer = peer;
+        ctx.grpc = crate::denial::is_grpc(req.headers.get(http::header::CONTENT_TYPE));
         if let Some(p) = peer {
             let xff = req
                 .headers

@@ -4,7 +4,7 @@
 //! watcher) and retries; each phase here calls one pipeline step and
 //! nothing else.
 
-use crate::denial::Reason;
+use crate::denial::{Answer, Reason};
 use crate::identity;
 use crate::pipeline::{has_body, Ctx, HeaderSink, Next, Pipeline};
 use crate::proxy::respond;
@@ -165,6 +165,7 @@ impl ProxyHttp for General {
         let req = session.req_header();
         let p = &self.pipeline;
         if let Next::Respond(answer) = p.route(req, req.raw_path(), peer, rt, ctx) {
+            let answer = ctx.shape(answer);
             return respond::send(session, answer).await;
         }
         let body = match ctx.needs_body() {
@@ -173,6 +174,7 @@ impl ProxyHttp for General {
                 Err(reason) => {
                     let close = has_body(&session.req_header().headers);
                     let answer = ctx.refuse(reason, close);
+                    let answer = ctx.shape(answer);
                     return respond::send(session, answer).await;
                 }
             },
@@ -180,7 +182,10 @@ impl ProxyHttp for General {
         };
         match p.admit(session.req_header(), body.as_ref(), ctx).await {
             Next::Forward => Ok(false),
-            Next::Respond(answer) => respond::send(session, answer).await,
+            Next::Respond(answer) => {
+                let answer = ctx.shape(answer);
+                respond::send(session, answer).await
+            }
         }
     }
 
@@ -191,11 +196,27 @@ impl ProxyHttp for General {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if ctx.is_grpc() {
+            // a trailers-only answer carries its status in the head
+            ctx.note_grpc_status(upstream_response.headers.get("grpc-status"));
+        }
         if let Some((policy, state)) = self.pipeline.answered(status, ctx).await {
             upstream_response.insert_header("RateLimit-Policy", policy)?;
             upstream_response.insert_header("RateLimit", state)?;
         }
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<bytes::Bytes>> {
+        if ctx.is_grpc() {
+            ctx.note_grpc_status(trailers.get("grpc-status"));
+        }
+        Ok(None)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -266,6 +287,10 @@ impl ProxyHttp for General {
         }
         if code == 502 {
             let answer = ctx.upstream_error();
+            let answer = ctx.shape(answer);
+            let _ = respond::send(session, answer).await;
+        } else if code > 0 && ctx.is_grpc() {
+            let answer = ctx.shape(Answer::error(code));
             let _ = respond::send(session, answer).await;
         } else if code > 0 {
             respond::send_error(session, code).await;

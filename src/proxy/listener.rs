@@ -96,6 +96,63 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a plain connection said.
+enum Sniffed {
+    H2(Stream),
+    Http1(Stream),
+    Gone,
+}
+
+/// Reads a plain connection's first bytes until they either are the
+/// HTTP/2 preface or cannot be (the first byte that differs), within the
+/// idle time for the first byte and the head deadline for the rest, then
+/// puts them back (pingora's `rewind`) for whichever protocol reads next.
+/// pingora's own h2c detection waits for 24 bytes, so an HTTP/1 request
+/// shorter than the preface would hang; this one decides on the first
+/// byte that differs.
+async fn sniff_h2c(mut stream: Stream, limits: HeadLimits, shutdown: &ShutdownWatch) -> Sniffed {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    let mut stop = shutdown.clone();
+    let deadline = tokio::time::Instant::now() + IDLE;
+    let mut head_deadline = None;
+    let h2 = loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf.get(..n) != H2_PREFACE.get(..n) {
+            break false;
+        }
+        if n == H2_PREFACE.len() {
+            break true;
+        }
+        let until = head_deadline.unwrap_or(deadline);
+        let read = tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(until, stream.read_buf(&mut buf)) => r,
+            _ = stop.wait_for(|down| *down) => return Sniffed::Gone,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Sniffed::Gone,
+        }
+        head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + limits.timeout);
+    };
+    // Only a TCP stream is read here (TLS connections negotiate by ALPN).
+    let Ok(mut tcp) = stream
+        .into_any()
+        .downcast::<pingora::protocols::l4::stream::Stream>()
+    else {
+        return Sniffed::Gone;
+    };
+    tcp.rewind(&buf);
+    if h2 {
+        Sniffed::H2(tcp)
+    } else {
+        Sniffed::Http1(tcp)
+    }
+}
+
 async fn read_head(stream: &mut Stream, limits: HeadLimits, shutdown: &ShutdownWatch) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
     let mut stop = shutdown.clone();
@@ -177,9 +234,20 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // HTTP/2: negotiated by ALPN on the TLS listener, or (`[server]
+        // h2c`) sent with prior knowledge on the plain one. pingora serves
+        // its streams, each through the general transport and the same
+        // pipeline; the head guard is HTTP/1's (h2 has its own limits:
+        // the server's h2 settings).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // not offered by authgate's listeners; pingora's own handling
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        if stream.get_ssl_digest().is_none() && self.state.runtime().server.h2c {
+            match sniff_h2c(stream, self.limits, shutdown).await {
+                Sniffed::H2(s) => return ServerApp::process_new(&self.inner, s, shutdown).await,
+                Sniffed::Http1(s) => stream = s,
+                Sniffed::Gone => return None,
+            }
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
@@ -198,7 +266,7 @@ where
                 }
             };
             let rt = self.state.runtime();
-            let parsed = if rt.server.direct_path {
+            let parsed = if rt.direct_transport() {
                 direct::parse(head, &rt.mapped_headers)
             } else {
                 Err(head)

@@ -32,6 +32,18 @@ pub async fn send(session: &mut Session, answer: Answer) -> Result<bool> {
         session.set_keepalive(None);
     }
     let end = answer.body.is_empty() || session.req_header().method == http::Method::HEAD;
+    if end {
+        if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+            // pingora's session writes an HTTP/2 head without END_STREAM
+            // and ends the stream later; a bodyless answer must end with
+            // its head: a gRPC refusal is "trailers-only" (one HEADERS
+            // frame with END_STREAM), and gRPC clients read a head that
+            // does not end the stream as the start of a response.
+            return h2
+                .write_response_header(Box::new(resp), true)
+                .map(|()| true);
+        }
+    }
     session.write_response_header(Box::new(resp), end).await?;
     if !end {
         session.write_response_body(Some(answer.body), true).await?;

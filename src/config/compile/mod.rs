@@ -266,6 +266,9 @@ pub fn build(cfg: FileConfig, base: &Path, issues: &mut Issues) -> Option<Runtim
         token_cache,
         router: Router::new(matchers),
         routes,
+        h2_upstreams: upstreams
+            .iter()
+            .any(|u| u.protocol != crate::upstream::Protocol::Http1),
         upstreams,
         issuers,
         mapped_headers,

@@ -179,6 +179,8 @@ pub(super) fn build_server(
         },
         tls,
         direct_path: s.direct_path.unwrap_or(true),
+        http2: s.http2.unwrap_or(true),
+        h2c: s.h2c.unwrap_or(false),
     })
 }
 

@@ -6,7 +6,7 @@
 use super::{duration, read_certs, resolve};
 use crate::config::file::UpstreamFile;
 use crate::config::Issues;
-use crate::upstream::{Upstream, MAX_UPSTREAM_ADDRS};
+use crate::upstream::{Protocol, Upstream, MAX_UPSTREAM_ADDRS};
 use pingora::utils::tls::WrappedX509;
 use std::net::ToSocketAddrs;
 use std::path::Path;
@@ -112,6 +112,36 @@ pub(super) fn build_upstream(
         );
         ok = false;
     }
+    let protocol = match u.protocol.as_deref() {
+        None => Protocol::Http1,
+        Some(p) => match Protocol::parse(p) {
+            Some(Protocol::H2) if !u.tls => {
+                issues.at(
+                    at("protocol"),
+                    "protocol = \"h2\" needs tls = true (plaintext HTTP/2 is \"h2c\")",
+                );
+                ok = false;
+                Protocol::H2
+            }
+            Some(Protocol::H2c) if u.tls => {
+                issues.at(
+                    at("protocol"),
+                    "protocol = \"h2c\" is plaintext HTTP/2: with tls = true use \"h2\"",
+                );
+                ok = false;
+                Protocol::H2c
+            }
+            Some(p) => p,
+            None => {
+                issues.at(
+                    at("protocol"),
+                    format!("unknown protocol `{p}` (expected \"http1\", \"h2\" or \"h2c\")"),
+                );
+                ok = false;
+                Protocol::Http1
+            }
+        },
+    };
     let sni = u.sni.clone().unwrap_or_else(|| {
         u.addrs
             .first()
@@ -121,6 +151,7 @@ pub(super) fn build_upstream(
     ok.then(|| {
         let mut up = Upstream::new(name.to_string(), addrs);
         up.tls = u.tls;
+        up.protocol = protocol;
         up.sni = sni;
         up.ca = ca;
         up.connect_timeout = connect_timeout;

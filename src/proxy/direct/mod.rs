@@ -84,6 +84,7 @@ impl Direct {
         let head_only = req.parts.method == Method::HEAD;
         let (status, error, keep) = match verdict {
             Next::Respond(answer) => {
+                let answer = ctx.shape(answer);
                 let keep = keep_client && !answer.close;
                 answer_bytes(&mut bufs.out, &answer, head_only, keep);
                 let sent = write_out(&mut client, &bufs.out).await.is_ok();
@@ -103,13 +104,14 @@ impl Direct {
                     let status = match code {
                         502 => {
                             let answer = ctx.upstream_error();
+                            let answer = ctx.shape(answer);
                             answer_bytes(&mut bufs.out, &answer, head_only, false);
                             let _ = write_out(&mut client, &bufs.out).await;
                             502
                         }
                         0 => 0,
                         code => {
-                            let answer = Answer::error(code);
+                            let answer = ctx.shape(Answer::error(code));
                             answer_bytes(&mut bufs.out, &answer, head_only, false);
                             let _ = write_out(&mut client, &bufs.out).await;
                             code
