@@ -40,6 +40,10 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The token's `iat` in unix seconds (revocation by subject).
     pub iat: Option<i64>,
+    /// Unix seconds from which the credential no longer passes (a
+    /// token's `exp` plus its issuer's leeway): a running stream is ended
+    /// then (`streams.rs`).
+    pub expires_at: Option<i64>,
     /// The identity headers' values, rendered on first use.
     pub rendered: std::sync::OnceLock<Rendered>,
 }
@@ -121,6 +125,7 @@ impl Identity {
             claims: Arc::new(claims),
             jti,
             iat,
+            expires_at: None,
             rendered: Default::default(),
         }
     }

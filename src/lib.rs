@@ -37,6 +37,7 @@ pub(crate) mod runtime;
 pub(crate) mod server;
 pub(crate) mod state;
 pub(crate) mod store;
+pub(crate) mod streams;
 pub mod testing;
 pub(crate) mod token;
 pub(crate) mod upstream;

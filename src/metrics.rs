@@ -17,6 +17,9 @@ pub struct Metrics {
     /// gRPC requests by route and the gRPC status they ended with (the
     /// gateway's refusal or the upstream's).
     pub grpc: IntCounterVec,
+    /// Running streams ended because their credential was revoked or
+    /// expired (`streams.rs`).
+    pub streams_ended: IntCounter,
     pub revocations: IntCounterVec,
     pub store_errors: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
@@ -108,6 +111,11 @@ impl Metrics {
             "gRPC requests by route and grpc_status (the gateway's refusal or the upstream's status).",
             &["route", "grpc_status"],
         )?;
+        let streams_ended = IntCounter::with_opts(Opts::new(
+            "authgate_streams_ended_total",
+            "Running HTTP/2 streams and upgraded connections ended because their credential was revoked or expired.",
+        ))?;
+        registry.register(Box::new(streams_ended.clone()))?;
         let revocations = counter(
             "authgate_revocations_total",
             "Revocations accepted, by kind.",
@@ -196,6 +204,7 @@ impl Metrics {
             upstream_duration,
             rate_limited,
             grpc,
+            streams_ended,
             revocations,
             store_errors,
             jwks_refresh,

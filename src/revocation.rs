@@ -241,6 +241,7 @@ mod tests {
             claims: Arc::new(Default::default()),
             jti: jti.map(String::from),
             iat,
+            expires_at: None,
             rendered: Default::default(),
         }
     }

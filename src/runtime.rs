@@ -94,6 +94,9 @@ pub struct Route {
     pub headers: Vec<(HeaderName, String)>,
     /// Add `X-Auth-Assertion`.
     pub assertion: bool,
+    /// End this route's HTTP/2 streams and upgraded connections when
+    /// their credential is revoked or expires (`streams.rs`).
+    pub revalidate_streams: bool,
     /// Rate limits; all must pass.
     pub limits: Vec<Limit>,
     /// Some limit is keyed on a body field.

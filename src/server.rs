@@ -9,7 +9,9 @@ use crate::proxy::general::General;
 use crate::proxy::listener::HeadGuard;
 use crate::runtime::Runtime;
 use crate::state::State;
-use crate::watch::{JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader};
+use crate::watch::{
+    JwksRefresher, RevocationWatcher, SessionWatcher, SighupReloader, StreamSweeper,
+};
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::TransportConnector;
 use pingora::listeners::tls::TlsSettings;
@@ -159,6 +161,12 @@ pub fn run(runtime: Runtime, config_path: String) -> Result<(), StartError> {
     server.add_service(background_service(
         "jwks",
         JwksRefresher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "streams",
+        StreamSweeper {
             state: state.clone(),
         },
     ));

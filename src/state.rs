@@ -34,6 +34,9 @@ pub struct State {
     pub token_cache: TokenCache,
     /// The config file path as given on the command line (for reloads).
     pub config_path: String,
+    /// Running HTTP/2 streams and upgraded connections, checked against
+    /// their credential until they end.
+    pub streams: Arc<crate::streams::Streams>,
 }
 
 impl State {
@@ -89,6 +92,7 @@ impl State {
             reload_lock: Mutex::new(()),
             token_cache: TokenCache::new(runtime_cache.0, runtime_cache.1),
             config_path,
+            streams: Arc::default(),
         })
     }
 

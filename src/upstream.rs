@@ -214,6 +214,10 @@ impl Upstream {
             // knowledge (pingora speaks h2 on a plain peer that allows
             // only version 2)
             peer.options.set_http_version(2, 2);
+            // one stream per connection, as nginx's grpc_pass: a stream
+            // that outlives its credential is ended by shutting down its
+            // connection (`streams.rs`), which must carry no one else's
+            peer.options.max_h2_streams = 1;
         }
         if self.tls {
             peer.options.verify_cert = true;

@@ -283,3 +283,36 @@ impl BackgroundService for SighupReloader {
         }
     }
 }
+
+/// Ends running streams whose credential was revoked or expired
+/// (`streams.rs`), every [`crate::streams::SWEEP`].
+pub struct StreamSweeper {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for StreamSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::streams::SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let streams = &self.state.streams;
+            if streams.is_empty() {
+                continue;
+            }
+            let revocations = &self.state.revocations;
+            let ended = streams.sweep(crate::clock::now_unix(), |id| revocations.is_revoked(id));
+            if ended > 0 {
+                self.state.metrics.streams_ended.inc_by(ended as u64);
+                tracing::info!(
+                    ended,
+                    "ended streams whose credential was revoked or expired"
+                );
+            }
+        }
+    }
+}

@@ -26,7 +26,6 @@ use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 const ISS: &str = "https://gateway.test";
 const AUD: &str = "backends";
@@ -154,36 +153,6 @@ fn the_thumbprint_helper_matches_rfc_8037() {
 // ---------------------------------------------------------------------------
 // the independent verifier
 
-/// The venv interpreter from `tests/python/setup.sh` (run once per process).
-fn python() -> &'static str {
-    static PY: OnceLock<Result<String, String>> = OnceLock::new();
-    let r = PY.get_or_init(|| {
-        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
-        let out = Command::new("bash")
-            .arg(&setup)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", setup.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}):\n{}",
-                setup.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| "setup.sh printed no interpreter path".to_string())
-    });
-    match r {
-        Ok(p) => p,
-        Err(e) => panic!("the PyJWT verifier is not available: {e}"),
-    }
-}
-
 /// Runs verify.py on `tokens` against `jwks`: the decoded (header, claims) of each, or
 /// the verifier's complaint.
 fn py_verify(jwks: &Value, alg: Alg, tokens: &[&str]) -> Result<Vec<(Value, Value)>, String> {
@@ -191,7 +160,7 @@ fn py_verify(jwks: &Value, alg: Alg, tokens: &[&str]) -> Result<Vec<(Value, Valu
     let jwks_file = dir.join("jwks.json");
     fs::write(&jwks_file, jwks.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/assertion/verify.py");
-    let out = Command::new(python())
+    let out = Command::new(common::python::python())
         .arg(&script)
         .arg("--jwks")
         .arg(&jwks_file)

@@ -622,6 +622,15 @@ fn drive_every_metric() -> String {
         assert_eq!(gw.get_bearer("/api/a", &alice).status, 200);
     }
     assert_eq!(gw.get("/api/a", &[]).status, 401);
+    // a gRPC request refused: a gRPC status (authgate_grpc_requests_total)
+    let r = request(
+        &gw.proxy_addr,
+        "POST",
+        "/api/a",
+        &[("Content-Type", "application/grpc")],
+        b"",
+    );
+    assert_eq!(r.header("grpc-status"), Some("16"), "{r:?}");
     // a rate-limited 429
     assert_eq!(
         request(&gw.proxy_addr, "POST", "/login", &[], b"x").status,

@@ -1,5 +1,5 @@
 //! gRPC through authgate with peers no one here wrote: a Python gRPC server
-//! and client from `grpcio` (tests/grpc/peer.py, in the venv of
+//! and client from `grpcio` (tests/peers/grpc_peer.py, in the venv of
 //! tests/python/setup.sh). The gateway listens with `[server] h2c = true`
 //! (and, in one test, over TLS with ALPN `h2`), and reaches the server with
 //! `[upstreams.grpc] protocol = "h2c"`.
@@ -17,94 +17,19 @@
 mod common;
 
 use common::ops::Pki;
+use common::python;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 
 const ADMIN_TOKEN: &str = "grpc-admin-token-0123456789abcdef";
 
-/// The venv interpreter from `tests/python/setup.sh` (run once per process).
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
-        let out = Command::new("bash")
-            .arg(&setup)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", setup.display()));
-        assert!(
-            out.status.success(),
-            "{} failed:\n{}",
-            setup.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(|l| l.trim().to_string())
-            .expect("setup.sh printed no interpreter path")
-    })
+fn grpc_call(addr: &str, method: &str, args: &[&str]) -> Value {
+    python::grpc_call(addr, None, method, args)
 }
 
-fn peer_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/grpc/peer.py")
-        .display()
-        .to_string()
-}
-
-/// The grpcio server, killed on drop.
-pub struct GrpcServer {
-    pub addr: String,
-    child: Child,
-}
-
-impl GrpcServer {
-    pub fn start() -> GrpcServer {
-        let port = free_port();
-        let mut child = Command::new(python())
-            .args([peer_script(), "serve".into(), port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the grpcio server");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the server's first line");
-        assert_eq!(line.trim(), "ready", "grpcio server did not start");
-        GrpcServer {
-            addr: format!("127.0.0.1:{port}"),
-            child,
-        }
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One call with the grpcio client: its JSON report.
-pub fn grpc_call(addr: &str, method: &str, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .args([peer_script().as_str(), "call", addr, method])
-        .args(args)
-        .output()
-        .expect("run the grpcio client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client output is not JSON ({e}): {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+fn grpc_call_path(addr: &str, service: &str, args: &[&str]) -> Value {
+    python::grpc_call(addr, Some(service), "Unary", args)
 }
 
 fn config(grpc_addr: &str, tls: Option<(&Path, &Path)>) -> String {
@@ -181,7 +106,7 @@ fn seen_metadata(r: &Value) -> Value {
 
 #[test]
 fn grpc_calls_pass_with_identity_metadata_and_refusals_are_grpc_statuses() {
-    let server = GrpcServer::start();
+    let server = python::grpc_server();
     let gw = Gateway::start(&config(&server.addr, None), &env());
     let addr = gw.proxy_addr.as_str();
     let alice = token("alice", json!({"jti": "g1", "roles": ["user"]}));
@@ -278,7 +203,7 @@ fn grpc_calls_pass_with_identity_metadata_and_refusals_are_grpc_statuses() {
 
 #[test]
 fn roles_rate_limits_and_a_dead_upstream_are_grpc_statuses_too() {
-    let server = GrpcServer::start();
+    let server = python::grpc_server();
     let gw = Gateway::start(&config(&server.addr, None), &env());
     let addr = gw.proxy_addr.as_str();
     let user = token("bob", json!({"roles": ["user"]}));
@@ -298,20 +223,9 @@ fn roles_rate_limits_and_a_dead_upstream_are_grpc_statuses_too() {
     assert_status(&r, "UNAVAILABLE", "upstream_error");
 }
 
-/// A Unary call on another service (the server only has `authgate.test.Echo`).
-fn grpc_call_path(addr: &str, service: &str, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .args([peer_script().as_str(), "call", addr, "Unary"])
-        .args(args)
-        .env("AUTHGATE_GRPC_SERVICE", service)
-        .output()
-        .expect("run the grpcio client");
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("client JSON")
-}
-
 #[test]
 fn grpc_over_tls_negotiates_h2_by_alpn() {
-    let server = GrpcServer::start();
+    let server = python::grpc_server();
     let pki = Pki::new("grpc-tls");
     let (cert, key) = pki.server_cert("localhost", &["DNS:localhost", "IP:127.0.0.1"]);
     let gw = Gateway::start(&config(&server.addr, Some((&cert, &key))), &env());

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "router",
         "identity",
     ],
-    &["assertion", "ratelimit", "revocation"],
+    &["assertion", "ratelimit", "revocation", "streams"],
     &["store"],
     &["auth"],
     &["upstream"],

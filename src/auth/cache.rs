@@ -258,6 +258,7 @@ mod tests {
                 claims: Arc::new(Default::default()),
                 jti: None,
                 iat: None,
+                expires_at: None,
                 rendered: Default::default(),
             }),
             expires_ms: None,

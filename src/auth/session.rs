@@ -209,6 +209,7 @@ pub fn parse_session(json: &str, s: &SessionSettings) -> Result<ParsedSession, R
             claims: Arc::new(map),
             jti: None,
             iat: None,
+            expires_at: None,
             rendered: Default::default(),
         },
         expires_ms,

@@ -196,6 +196,8 @@ pub struct RouteFile {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub assertion: bool,
+    /// End running streams whose credential is revoked or expires (default true).
+    pub revalidate_streams: Option<bool>,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitFile>,
 }

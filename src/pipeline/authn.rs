@@ -202,11 +202,14 @@ pub fn verify_token(
         .get("exp")
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
         .unwrap_or(now);
+    let expires_at = exp.saturating_add(issuer.leeway);
+    let mut identity = Identity::from_jwt(issuer.name.clone(), claims, &rt.kept_claims);
+    identity.expires_at = Some(expires_at);
     Ok(Verified {
-        identity: Identity::from_jwt(issuer.name.clone(), claims, &rt.kept_claims),
+        identity,
         issuer: issuer_idx,
         keys,
-        expires_at: exp.saturating_add(issuer.leeway),
+        expires_at,
     })
 }
 

@@ -99,6 +99,8 @@ pub struct Ctx {
     /// the upstream's `grpc-status` in a trailers-only head or trailers),
     /// for the request log and metrics.
     pub grpc_status: Option<u8>,
+    /// This request's registration as a running stream (`streams.rs`).
+    watch: Option<crate::streams::Watch>,
 }
 
 impl Default for Ctx {
@@ -127,7 +129,43 @@ impl Ctx {
             failure_cells: Vec::new(),
             grpc: false,
             grpc_status: None,
+            watch: None,
         }
+    }
+
+    /// Registers this request as a running stream whose upstream socket is
+    /// `socket` (a duplicate descriptor), when its route revalidates
+    /// streams and it carries a credential.
+    pub fn watch_stream(
+        &mut self,
+        streams: &std::sync::Arc<crate::streams::Streams>,
+        socket: impl FnOnce() -> Option<std::net::TcpStream>,
+    ) {
+        if self.watch.is_some() || !self.matched().is_some_and(|r| r.revalidate_streams) {
+            return;
+        }
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        if let Some(s) = socket() {
+            let expires_at = identity.expires_at;
+            self.watch = Some(streams.watch(identity, expires_at, s));
+        }
+    }
+
+    /// The upstream's answer ended: a stream is no longer ended after this.
+    pub fn stream_finished(&self) {
+        if let Some(w) = &self.watch {
+            w.finish();
+        }
+    }
+
+    /// Why this stream was ended while it ran (its credential was revoked
+    /// or expired), if it was: recorded as the request's reason.
+    pub fn stream_ended(&mut self) -> Option<Reason> {
+        let r = self.watch.as_ref().and_then(crate::streams::Watch::ended)?;
+        self.reason = r;
+        Some(r)
     }
 
     /// The answer as this request's client reads it: a gRPC request gets

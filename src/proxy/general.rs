@@ -36,6 +36,51 @@ impl HeaderSink for RequestHeader {
     }
 }
 
+/// A duplicate of the upstream socket's descriptor, held while the stream
+/// runs so that it can be shut down (`streams.rs`).
+fn duplicate(fd: std::os::unix::io::RawFd) -> Option<std::net::TcpStream> {
+    // SAFETY: `fd` is the upstream connection's open socket, which pingora
+    // keeps open for the whole of the `connected_to_upstream` call this runs
+    // in; it is only borrowed here, to duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from)
+}
+
+fn stream_ended(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Expired => "the stream's credential expired",
+        _ => "the stream's credential was revoked",
+    }
+}
+
+/// Ends a stream whose credential was revoked or expired while it ran. Its
+/// answer had not started: the refusal, as for a request refused at the
+/// start. It had: a gRPC call gets UNAUTHENTICATED in trailers; anything
+/// else is cut (HTTP/2: RST_STREAM; HTTP/1.1: the connection closes).
+async fn end_stream(session: &mut Session, reason: Reason, ctx: &mut Ctx) -> FailToProxy {
+    if session.response_written().is_none() {
+        let answer = ctx.refuse(reason, true);
+        let answer = ctx.shape(answer);
+        let _ = respond::send(session, answer).await;
+    } else if ctx.is_grpc() {
+        if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+            let mut trailers = http::HeaderMap::with_capacity(2);
+            trailers.insert("grpc-status", HeaderValue::from_static("16"));
+            trailers.insert("grpc-message", HeaderValue::from_static(reason.as_str()));
+            if h2.write_trailers(trailers).is_ok() {
+                ctx.grpc_status = Some(16);
+            }
+        }
+    }
+    FailToProxy {
+        error_code: 401,
+        can_reuse_downstream: false,
+    }
+}
+
 /// Reads the whole request body (at most [`BODY_LIMIT`]) for rate-limit
 /// keys. The key must come from the same field occurrence the backend will
 /// use, which a prefix cannot promise (a duplicate key after the prefix
@@ -238,15 +283,70 @@ impl ProxyHttp for General {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
+        fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.connected();
+        // A request that can outlive its credential: an HTTP/2 stream or an
+        // upgraded connection (WebSocket).
+        if session.as_downstream().is_http2() || session.is_upgrade_req() {
+            ctx.watch_stream(&self.pipeline.state.streams, || duplicate(fd));
+        }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(reason) = ctx.stream_ended() {
+            return Error::e_explain(ErrorType::HTTPStatus(401), stream_ended(reason));
+        }
+        if end_of_stream {
+            ctx.stream_finished();
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(reason) = ctx.stream_ended() {
+            return Error::e_explain(ErrorType::HTTPStatus(401), stream_ended(reason));
+        }
+        ctx.stream_finished();
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.stream_ended().is_some()
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            // a stream ended for its credential is never sent again
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn fail_to_connect(
@@ -275,6 +375,9 @@ impl ProxyHttp for General {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(reason) = ctx.stream_ended() {
+            return end_stream(session, reason, ctx).await;
+        }
         let code = respond::error_status(e);
         if session.response_written().is_some() {
             // the upstream's head is already out: a second answer would be

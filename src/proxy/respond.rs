@@ -19,6 +19,24 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes drained after a refusal before closing anyway.
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a refused HTTP/2 request's body is read after the answer
+/// (the answer never waits for it).
+const H2_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After an answer to an HTTP/2 request whose body may still be coming
+/// (`may_have_body`): reads what arrives within [`H2_DRAIN`], so the stream
+/// ends cleanly on both sides. A stream reset while the client is still
+/// sending its body makes some clients (curl) drop the answer they were
+/// sent.
+async fn drain_h2(session: &mut Session, may_have_body: bool) {
+    if !may_have_body {
+        return;
+    }
+    if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+        let _ = tokio::time::timeout(H2_DRAIN, h2.drain_request_body()).await;
+    }
+}
+
 /// Writes an [`Answer`] on the general path.
 pub async fn send(session: &mut Session, answer: Answer) -> Result<bool> {
     let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len()))?;
@@ -39,15 +57,16 @@ pub async fn send(session: &mut Session, answer: Answer) -> Result<bool> {
             // its head: a gRPC refusal is "trailers-only" (one HEADERS
             // frame with END_STREAM), and gRPC clients read a head that
             // does not end the stream as the start of a response.
-            return h2
-                .write_response_header(Box::new(resp), true)
-                .map(|()| true);
+            h2.write_response_header(Box::new(resp), true)?;
+            drain_h2(session, answer.close).await;
+            return Ok(true);
         }
     }
     session.write_response_header(Box::new(resp), end).await?;
     if !end {
         session.write_response_body(Some(answer.body), true).await?;
     }
+    drain_h2(session, answer.close).await;
     Ok(true)
 }
 

@@ -16,6 +16,8 @@ pub mod config;
 pub mod login;
 /// Live-operations helpers (JWKS server, signals, reload, TLS, slow upstream): see `ops.rs`.
 pub mod ops;
+/// The Python peers (PyJWT's venv, grpcio, websockets): see `python.rs`.
+pub mod python;
 /// The one `redis-server` launcher (plain, ACL, TLS, cluster node, sentinel) and
 /// a RESP client: see `redis_server.rs`.
 pub mod redis_server;

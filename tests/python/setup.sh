@@ -2,7 +2,7 @@
 # Makes the Python virtualenv of the tests' Python peers (requirements.txt):
 # PyJWT[crypto], with which tests/assertion.rs verifies gateway assertions
 # independently of authgate's JWT code, and grpcio, whose server and client
-# tests/grpc.rs runs through the gateway. Prints the venv's interpreter path
+# tests/grpc.rs runs through the gateway, and websockets (tests/streams.rs). Prints the venv's interpreter path
 # on stdout (and nothing else there). Idempotent and quick: does nothing when
 # the venv was built from the current requirements.txt. Run by the tests
 # themselves; CI also runs it up front.
@@ -36,6 +36,6 @@ python3 -m venv "$venv" >&2 || {
   exit 1
 }
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req" >&2
-"$venv/bin/python" -c 'import jwt, cryptography, grpc' >&2
+"$venv/bin/python" -c 'import jwt, cryptography, grpc, websockets, h2' >&2
 echo "$want" > "$stamp"
 echo "$venv/bin/python"

@@ -253,6 +253,7 @@ pub(super) fn build_route(
             limits_need_body,
             metrics: std::sync::OnceLock::new(),
             assertion: r.assertion,
+            revalidate_streams: r.revalidate_streams.unwrap_or(true),
         },
         Matcher {
             path: r.path.clone(),

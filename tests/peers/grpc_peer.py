@@ -1,7 +1,7 @@
 """A real gRPC server and client (grpcio) for tests/grpc.rs, without
 generated code: methods take and return raw bytes.
 
-  peer.py serve PORT
+  grpc_peer.py serve PORT
       Serves, in plaintext HTTP/2 (h2c), until killed:
       /authgate.test.Echo/Unary         answers the request metadata it saw, as JSON
       /authgate.test.Echo/ServerStream  sends b"tick N" every 100 ms, COUNT times
@@ -9,13 +9,13 @@ generated code: methods take and return raw bytes.
       /authgate.test.Echo/Bidi          answers each message with b"echo: " + message
       Prints "ready" once listening.
 
-  peer.py call ADDR METHOD [--token T] [--body B] [--messages M1,M2]
+  grpc_peer.py call ADDR METHOD [--token T] [--body B] [--messages M1,M2]
                 [--metadata K=V] [--ca CA.pem]
       Calls METHOD (of the service $AUTHGATE_GRPC_SERVICE, default
       authgate.test.Echo) on ADDR over plaintext HTTP/2 (over TLS trusting CA.pem,
       for the name "localhost", with --ca) and prints one JSON line:
       {"code": "OK"|..., "details": ..., "responses": [...], "elapsed": seconds,
-       "received_before_end": n}
+       "received_before_end": n, "ended_at": unix seconds}
 """
 
 import json
@@ -95,6 +95,7 @@ def call(addr, method, token, body, messages, extra, ca):
             out["code"] = e.code().name
             out["details"] = e.details()
     out["elapsed"] = time.monotonic() - start
+    out["ended_at"] = time.time()
     print(json.dumps(out), flush=True)
 
 
