@@ -25,6 +25,22 @@
 #   HAProxy <alg>, pool / distinct   HAProxy 2.6 `jwt_verify` (HS256 RS256 ES256; it has
 #                                    no EdDSA) in front of the same upstream
 #
+# HTTP/2 rows (H2=1, the default): `h2load -t1 -cCONNS -m10`, WARMUP s
+# warm-up then DURATION s, over TLS (ALPN h2) with a self-signed certificate:
+#
+#   nginx h2 proxy_pass              `listen ... ssl http2`, proxy_pass to the same
+#                                    HTTP/1.1 upstream with keepalive (the h2 baseline)
+#   authgate h2 pass-through         the TLS listener, auth = "none", HTTP/1.1 upstream
+#   authgate h2 RS256, one token     the RS256 route with one pool token in every
+#                                    request (h2load sends fixed headers): the pool
+#                                    rows' steady state, a verified-token cache hit
+#   authgate h2, h2c upstream        pass-through to an nginx speaking h2c
+#                                    (`listen ... http2`, no TLS), the gRPC shape
+#   nginx h2, h2c upstream           nginx cannot proxy_pass HTTP/2 except with
+#                                    grpc_pass: `grpc_pass grpc://...` to the same
+#
+# ONLY_H2=1 runs just these (and no fixed-rate part).
+#
 # then an open-loop fixed-rate run (authgate-load-tools `rate`, wrk2-style
 # latency from each request's due time) at 50 % of authgate pass-through's
 # saturation, for the p99 latency that authentication adds: each row in its
@@ -46,7 +62,8 @@
 # pass-through and cached-pool rows at 50 % load, interleaved, this many times;
 # their p50/p99 are the medians and the p99 range is shown), ALLOC_AB (0: 1 adds the
 # glibc-malloc rows, one more LTO build), OUT
-# (target/bench-load/last-run.txt), PRIORITY (unset: a nice value for every
+# (target/bench-load/last-run.txt), H2 (1: the HTTP/2 rows), ONLY_H2 (0: 1 runs
+# only the HTTP/2 rows), PRIORITY (unset: a nice value for every
 # benchmarked process, e.g. -10 on a machine shared with other work, so
 # neighbours disturb the run less; needs root).
 # Exits non-zero if a component cannot be installed, built or started, or a
@@ -66,6 +83,11 @@ FIXED_CONNS=${FIXED_CONNS:-32}
 FIXED_ROUNDS=${FIXED_ROUNDS:-3}
 ROUNDS=${ROUNDS:-1}
 ALLOC_AB=${ALLOC_AB:-0}
+H2=${H2:-1}
+ONLY_H2=${ONLY_H2:-0}
+# only the HTTP/2 rows: no fixed-rate part, and a small distinct-token set
+# (those rows are not run)
+if [ "$ONLY_H2" = 1 ]; then H2=1 FIXED_RATE=0 DISTINCT=1000; fi
 OUT=${OUT:-$ROOT/target/bench-load/last-run.txt}
 FIX=$ROOT/tests/fixtures
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -87,15 +109,15 @@ log() { echo "[$(date +%T)] $*" >&2; }
 
 # --- prerequisites ---------------------------------------------------------
 need=()
-for c in nginx wrk haproxy redis-server redis-cli curl taskset; do
+for c in nginx wrk haproxy redis-server redis-cli curl taskset h2load openssl; do
   command -v "$c" >/dev/null 2>&1 || need+=("$c")
 done
 if ((${#need[@]})); then
   log "installing: ${need[*]}"
-  [ "$(id -u)" = 0 ] || die "missing ${need[*]} and not root (apt-get install -y nginx wrk haproxy redis-server redis-tools curl util-linux)"
+  [ "$(id -u)" = 0 ] || die "missing ${need[*]} and not root (apt-get install -y nginx wrk haproxy redis-server redis-tools curl util-linux nghttp2-client openssl)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || die "apt-get update failed"
-  apt-get install -y -qq nginx wrk haproxy redis-server redis-tools curl util-linux >/dev/null ||
+  apt-get install -y -qq nginx wrk haproxy redis-server redis-tools curl util-linux nghttp2-client openssl >/dev/null ||
     die "apt-get install failed"
   # Debian's packages may start their own services; they are not used here.
   for c in nginx haproxy redis-server; do
@@ -166,6 +188,8 @@ stop_pid() { # PID [SIGNAL]: stop one process we started, and forget it
 
 ports=$("$TOOLS" ports 10) || die "cannot find free ports"
 read -r P_UP P_NGX P_GW P_GWADM P_GW2 P_GW2ADM P_SESS P_SESSADM P_HAP P_REDIS <<<"$(echo $ports)"
+ports=$("$TOOLS" ports 5) || die "cannot find free ports"
+read -r P_H2UP P_NGXH2 P_NGXGRPC P_GWH2 P_GWH2ADM <<<"$(echo $ports)"
 
 wait_http() { # URL PID NAME [ERRFILE]: 200 within 15 s while PID lives
   local url=$1 pid=$2 name=$3 err=${4:-} i
@@ -488,9 +512,111 @@ start_hap() { # -> PID_HAP
   wait_http "$HAP/none/" "$PID_HAP" "haproxy" "$WORK/haproxy.log"
 }
 
+# --- HTTP/2 ------------------------------------------------------------------
+# h2row KEY LABEL URL [HEADER]: h2load over TLS (ALPN h2), like `row`.
+h2row() {
+  local key=$1 label=$2 url=$3 hdr=${4:-} out rps mean total ok2xx
+  local extra=()
+  [ -n "$hdr" ] && extra=(-H "$hdr")
+  log "row: $label"
+  out=$("${ON_CLIENT[@]}" h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --warm-up-time="$WARMUP" "${extra[@]}" "$url" 2>&1) ||
+    die "$label: h2load failed: $out"
+  echo "== $label" >>"$WORK/wrk.log"
+  echo "$out" >>"$WORK/wrk.log"
+  rps=$(echo "$out" | awk '/^finished in/ { gsub(",", ""); printf "%.0f", $4 }')
+  mean=$(to_ms "$(echo "$out" | awk '$1 == "time" && $3 == "request:" { print $6 }')")
+  total=$(echo "$out" | awk '/^requests:/ { print $2 }')
+  ok2xx=$(echo "$out" | awk '/^status codes:/ { print $3 }')
+  [ -n "$rps" ] || die "$label: cannot parse h2load output: $out"
+  # h2load counts the warm-up's answers in the status codes too
+  if [ "${ok2xx:-0}" -lt "${total:-1}" ]; then
+    echo "$out" >&2
+    die "$label: $ok2xx 2xx of $total requests: the row is not measuring what it claims"
+  fi
+  [ -n "${LABEL[$key]:-}" ] || KEYS+=("$key")
+  LABEL[$key]=$label
+  ALL_RPS[$key]+="$rps " ALL_P50[$key]+="$mean " ALL_P99[$key]+="- "
+  NOTE[$key]="h2load -m10; p50 column: mean ms"
+  RPS[$key]=$(median ${ALL_RPS[$key]})
+  P50[$key]=$(median ${ALL_P50[$key]})
+  P99[$key]=-
+  echo "$ROUND|$key|$label|$rps|$mean|-|h2" >>"$RES"
+  log "  round $ROUND: $rps req/s  mean $mean ms"
+}
+
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/h2.key" -out "$WORK/h2.crt" -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 ||
+  die "openssl could not make the HTTP/2 rows' certificate"
+nginx_conf "$WORK/h2up" "  server {
+    listen 127.0.0.1:$P_H2UP http2;
+    location / { default_type text/plain; return 200 \"ok\n\"; }
+  }"
+nginx_conf "$WORK/ngxh2" "  upstream app { server 127.0.0.1:$P_UP; keepalive 64; }
+  upstream h2app { server 127.0.0.1:$P_H2UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$P_NGXH2 ssl http2;
+    ssl_certificate $WORK/h2.crt;
+    ssl_certificate_key $WORK/h2.key;
+    http2_max_concurrent_streams 128;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+    location /h2c/ { grpc_pass grpc://h2app; }
+  }"
+gw_conf "$WORK/gwh2.toml" "$P_GWH2" "$P_GWH2ADM" "
+[upstreams.h2up]
+addrs = [\"127.0.0.1:$P_H2UP\"]
+protocol = \"h2c\"
+
+[[routes]]
+name = \"h2c\"
+path_prefix = \"/h2c/\"
+upstream = \"h2up\"
+auth = \"none\""
+sed -i "s|^threads = 1$|threads = 1\ntls = { cert_file = \"$WORK/h2.crt\", key_file = \"$WORK/h2.key\" }|" "$WORK/gwh2.toml"
+
+h2_rows() {
+  local up ngx tok
+  tok="authorization: Bearer $(head -1 "$TOK/RS256-pool.txt")"
+  "${ON_SERVER[@]}" nginx -p "$WORK/h2up" -c "$WORK/h2up/nginx.conf" -e "$WORK/h2up/error.log" &
+  up=$!
+  PIDS+=("$up")
+  "${ON_SERVER[@]}" nginx -p "$WORK/ngxh2" -c "$WORK/ngxh2/nginx.conf" -e "$WORK/ngxh2/error.log" &
+  ngx=$!
+  PIDS+=("$ngx")
+  for _ in $(seq 100); do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' --http2 "https://127.0.0.1:$P_NGXH2/none/")" = 200 ] && break
+    alive "$ngx" || die "nginx (h2) exited: $(cat "$WORK/ngxh2/error.log")"
+    sleep 0.1
+  done
+  [ "$(curl -sk -o /dev/null -w '%{http_code}' --http2 "https://127.0.0.1:$P_NGXH2/h2c/")" = 200 ] ||
+    die "nginx (h2) grpc_pass to the h2c upstream does not answer 200: $(tail -5 "$WORK/ngxh2/error.log")"
+  h2row ngx_h2 "nginx h2 proxy_pass (h2 baseline)" "https://127.0.0.1:$P_NGXH2/none/"
+  h2row ngx_h2c "nginx h2, grpc_pass to an h2c upstream" "https://127.0.0.1:$P_NGXH2/h2c/"
+  stop_pid "$ngx"
+  start_gw gwh2 "$WORK/gwh2.toml" "$P_GWH2ADM"
+  for u in /none/ /h2c/; do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' --http2 "https://127.0.0.1:$P_GWH2$u")" = 200 ] ||
+      die "authgate (h2) $u does not answer 200"
+  done
+  [ "$(curl -sk -o /dev/null -w '%{http_code}' --http2 -H "$tok" "https://127.0.0.1:$P_GWH2/rs/")" = 200 ] ||
+    die "authgate (h2) RS256 does not answer 200"
+  h2row ag_h2_pass "authgate h2 pass-through (auth = none)" "https://127.0.0.1:$P_GWH2/none/"
+  h2row ag_h2_RS256 "authgate h2 RS256, one pool token (cached)" "https://127.0.0.1:$P_GWH2/rs/" "$tok"
+  h2row ag_h2_h2c "authgate h2, h2c upstream (auth = none)" "https://127.0.0.1:$P_GWH2/h2c/"
+  stop_pid "$GW_PID" INT
+  stop_pid "$up"
+}
+
 # --- the rows, ROUNDS times (every server restarted each round) -------------
 for round in $(seq "$ROUNDS"); do
   ROUND=$round
+  if [ "$H2" = 1 ]; then
+    h2_rows
+  fi
+  [ "$ONLY_H2" = 1 ] && continue
   row ngx_up "nginx upstream directly" "http://127.0.0.1:$P_UP/"
 
   "${ON_SERVER[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -e "$WORK/px/error.log" &
@@ -610,7 +736,7 @@ pair_fixed() { # ALG ADDR RATE
   log "  $out"
 }
 if [ "$FIXED_RATE" = 1 ]; then
-  R=$(awk -v r="${RPS[ag_pass]}" 'BEGIN { printf "%d", int(r * 0.5 / 100) * 100 }')
+  R=$(awk -v r="${RPS[ag_pass]:-}" 'BEGIN { printf "%d", int(r * 0.5 / 100) * 100 }')
   start_gw gw "$WORK/gw.toml" "$P_GWADM"
   GWA=127.0.0.1:$P_GW
   # interleaved rounds: a neighbour's stall lands in one round of one row,
@@ -630,13 +756,13 @@ if [ "$FIXED_RATE" = 1 ]; then
   # half its own saturation, with a pass-through run at that rate too.
   start_gw gwnc "$WORK/gw-nocache.toml" "$P_GW2ADM"
   for a in "${ALGS[@]}"; do
-    r=$(awk -v r="${RPS[ag_nc_$a]}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
+    r=$(awk -v r="${RPS[ag_nc_$a]:-}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
     fixed "fx_nc_$a" "authgate $a, cache off, pool" "127.0.0.1:$P_GW2" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
   done
   stop_pid "$GW_PID" INT
   start_hap
   for a in "${HAP_ALGS[@]}"; do
-    r=$(awk -v r="${RPS[hap_pool_$a]}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
+    r=$(awk -v r="${RPS[hap_pool_$a]:-}" -v c="$R" 'BEGIN { h = int(r * 0.5 / 100) * 100; printf "%d", (h < c ? h : c) }')
     fixed "fx_hap_$a" "HAProxy $a, pool" "127.0.0.1:$P_HAP" "/${PFX[$a]}/" "$r" "$TOK/$a-pool.txt"
   done
   stop_pid "$PID_HAP"
@@ -669,9 +795,9 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
   printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..52})" "---------:" "------------:" "--------:" "--------:" "---------:" "---------:" "-------"
   for key in "${KEYS[@]}"; do
     h=$(hap_of "$key")
-    rps=${RPS[$key]}
+    rps=${RPS[$key]:-}
     printf '| %-50s | %8s | %11s | %7s | %7s | %8s | %8s | %s |\n' "${LABEL[$key]}" "$rps" "$(spread ${ALL_RPS[$key]})" \
-      "${P50[$key]}" "${P99[$key]}" "$(ratio "$rps" "${RPS[ag_pass]}")" \
+      "${P50[$key]}" "${P99[$key]}" "$(ratio "$rps" "${RPS[ag_pass]:-}")" \
       "$([ -n "$h" ] && ratio "$rps" "${RPS[$h]:-}" || echo -)" "${NOTE[$key]:--}"
   done
   if [ -s "$FIXED" ]; then
@@ -717,14 +843,16 @@ hap_of() { # row key -> the HAProxy row it compares with (same alg, same token s
       printf '  %-58s %6s >= %-5s MISSED\n' "$1" "$v" "$4"
     fi
   }
-  target "RS256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_RS256]}" "${RPS[ag_pass]}")" ">=" 0.90
-  target "ES256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_ES256]}" "${RPS[ag_pass]}")" ">=" 0.90
-  target "RS256 pool / HAProxy RS256" "$(ratio "${RPS[ag_pool_RS256]}" "${RPS[hap_pool_RS256]}")" ">=" 1.8
-  target "ES256 pool / HAProxy ES256" "$(ratio "${RPS[ag_pool_ES256]}" "${RPS[hap_pool_ES256]}")" ">=" 3.0
+  target "RS256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_RS256]:-}" "${RPS[ag_pass]:-}")" ">=" 0.90
+  target "ES256 pool / authgate pass-through" "$(ratio "${RPS[ag_pool_ES256]:-}" "${RPS[ag_pass]:-}")" ">=" 0.90
+  target "RS256 pool / HAProxy RS256" "$(ratio "${RPS[ag_pool_RS256]:-}" "${RPS[hap_pool_RS256]:-}")" ">=" 1.8
+  target "ES256 pool / HAProxy ES256" "$(ratio "${RPS[ag_pool_ES256]:-}" "${RPS[hap_pool_ES256]:-}")" ">=" 3.0
   for a in "${HAP_ALGS[@]}"; do
-    target "$a every token distinct / HAProxy $a (distinct)" "$(ratio "${RPS[ag_dist_$a]}" "${RPS[hap_dist_$a]}")" ">=" 1.0
+    target "$a every token distinct / HAProxy $a (distinct)" "$(ratio "${RPS[ag_dist_$a]:-}" "${RPS[hap_dist_$a]:-}")" ">=" 1.0
   done
-  target "authgate pass-through / nginx proxy_pass" "$(ratio "${RPS[ag_pass]}" "${RPS[ngx_px]}")" ">=" 0.90
+  target "authgate pass-through / nginx proxy_pass" "$(ratio "${RPS[ag_pass]:-}" "${RPS[ngx_px]:-}")" ">=" 0.90
+  target "h2: authgate RS256 / nginx pass-through (both h2)" "$(ratio "${RPS[ag_h2_RS256]:-}" "${RPS[ngx_h2]:-}")" ">=" 1.0
+  target "h2: authgate pass-through / nginx pass-through" "$(ratio "${RPS[ag_h2_pass]:-}" "${RPS[ngx_h2]:-}")" ">=" 0.90
   # p99 added by authentication at 50 % load: the paired runs (the same
   # window for both classes), the median over the rounds
   for a in "${ALGS[@]}"; do

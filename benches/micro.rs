@@ -208,6 +208,7 @@ fn identity(sub: usize) -> Arc<Identity> {
         claims: Arc::new(Default::default()),
         jti: None,
         iat: None,
+        session: None,
         expires_at: None,
         rendered: Default::default(),
     })

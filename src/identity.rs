@@ -40,6 +40,9 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The token's `iat` in unix seconds (revocation by subject).
     pub iat: Option<i64>,
+    /// The session id, for an identity from a session cookie: a running
+    /// stream ends when the session is destroyed (`streams.rs`).
+    pub session: Option<Arc<str>>,
     /// Unix seconds from which the credential no longer passes (a
     /// token's `exp` plus its issuer's leeway): a running stream is ended
     /// then (`streams.rs`).
@@ -125,6 +128,7 @@ impl Identity {
             claims: Arc::new(claims),
             jti,
             iat,
+            session: None,
             expires_at: None,
             rendered: Default::default(),
         }

@@ -241,6 +241,7 @@ mod tests {
             claims: Arc::new(Default::default()),
             jti: jti.map(String::from),
             iat,
+            session: None,
             expires_at: None,
             rendered: Default::default(),
         }

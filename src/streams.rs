@@ -3,7 +3,9 @@
 //! upgraded HTTP/1.1 connection (WebSocket) may then run for hours. On a
 //! route with `revalidate_streams` (the default), each such request is
 //! registered here while it runs, and a sweep every [`SWEEP`] ends the ones
-//! whose token reached its `exp` or whose token or subject was revoked:
+//! whose token reached its `exp`, whose token or subject was revoked, or
+//! whose session was destroyed (the sweeper asks the store about the
+//! sessions Redis reported changed):
 //! "revoked within milliseconds" holds for streaming clients too.
 //!
 //! Ending a stream means shutting down its upstream socket: the proxy loop
@@ -91,6 +93,16 @@ impl Streams {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// The session ids of the running streams authenticated by session.
+    pub fn sessions(&self) -> Vec<Arc<str>> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|w| w.identity.session.clone())
+            .collect()
     }
 
     /// Whether none is.

@@ -302,10 +302,18 @@ impl BackgroundService for StreamSweeper {
             }
             let streams = &self.state.streams;
             if streams.is_empty() {
+                if let Some(cache) = &self.state.sessions {
+                    cache
+                        .watching
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
                 continue;
             }
+            let gone = self.destroyed_sessions(&streams.sessions()).await;
             let revocations = &self.state.revocations;
-            let ended = streams.sweep(crate::clock::now_unix(), |id| revocations.is_revoked(id));
+            let ended = streams.sweep(crate::clock::now_unix(), |id| {
+                revocations.is_revoked(id) || id.session.as_ref().is_some_and(|s| gone.contains(s))
+            });
             if ended > 0 {
                 self.state.metrics.streams_ended.inc_by(ended as u64);
                 tracing::info!(
@@ -314,5 +322,52 @@ impl BackgroundService for StreamSweeper {
                 );
             }
         }
+    }
+}
+
+impl StreamSweeper {
+    /// Which of the running streams' sessions were destroyed: those Redis
+    /// reported changed since the last sweep (all of them when the cache
+    /// starts keeping that list, or lost count) and the store no longer
+    /// holds. A store error keeps the stream running: it was authenticated,
+    /// and an outage must not cut every session stream at once.
+    async fn destroyed_sessions(
+        &self,
+        sessions: &[Arc<str>],
+    ) -> std::collections::HashSet<Arc<str>> {
+        use std::sync::atomic::Ordering;
+        let mut gone = std::collections::HashSet::new();
+        let Some(cache) = &self.state.sessions else {
+            return gone;
+        };
+        if sessions.is_empty() {
+            cache.watching.store(false, Ordering::Release);
+            return gone;
+        }
+        let started = !cache.watching.swap(true, Ordering::AcqRel);
+        let changed = cache.take_changed();
+        let check: Vec<&Arc<str>> = match changed {
+            Some(c) if !started => sessions
+                .iter()
+                .filter(|s| c.iter().any(|x| x.as_str() == &***s))
+                .collect(),
+            _ => sessions.iter().collect(),
+        };
+        let Some(prefix) = self
+            .state
+            .runtime()
+            .sessions
+            .as_ref()
+            .map(|s| s.key_prefix.clone())
+        else {
+            return gone;
+        };
+        for sid in check {
+            let key = format!("{prefix}{sid}");
+            if let Ok(None) = self.state.store.get_session(&key).await {
+                gone.insert(sid.clone());
+            }
+        }
+        gone
     }
 }

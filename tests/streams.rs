@@ -9,6 +9,7 @@
 mod common;
 
 use common::python::{self, grpc_call_async, ws_client_async};
+use common::redis_server;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,6 +176,58 @@ fn a_websocket_is_closed_within_a_second_of_its_revocation() {
     // a revoked token cannot open a new one
     let r = ws_client_async(&url, &t, 1).join().unwrap();
     assert_eq!(r["connected"], false, "{r}");
+}
+
+/// A WebSocket authenticated by an express-session cookie is closed within
+/// 1 s of the session's destruction (`POST /admin/revoke {"session": sid}`,
+/// which deletes it from Redis).
+#[test]
+fn a_session_websocket_is_closed_within_a_second_of_the_session_being_destroyed() {
+    use authgate::testing::session::sign_cookie;
+    const SECRET: &str = "streams-session-secret-0123456789abcdef";
+    let redis = redis_server::RedisServer::start();
+    let ws = python::ws_server();
+    let toml = GatewayConfig::new()
+        .upstream("ws", &[&ws.addr])
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .store_redis(&redis.url(), "deny")
+        .sessions(
+            "cookie = \"sid\"\nsecrets_env = [\"SESSION_SECRET\"]\nidentity = { subject = \"userId\" }",
+        )
+        .route(
+            r#"name = "ws"
+path_prefix = "/ws/"
+upstream = "ws"
+auth = "session""#,
+        )
+        .toml();
+    let gw = Gateway::start(
+        &toml,
+        &[
+            ("AUTHGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("SESSION_SECRET", SECRET),
+        ],
+    );
+    let sid = new_sid("ws");
+    let value = session_value(json!({"userId": "frank"}), 86_400_000, 86_400_000);
+    let key = format!("sess:{sid}");
+    assert_eq!(redis.cmd(&["SET", &key, &value, "PX", "86400000"]), "OK");
+    let cookie = format!("sid={}", sign_cookie(&sid, SECRET.as_bytes()));
+    let url = format!("ws://{}/ws/chat", gw.proxy_addr);
+    let client = python::ws_client_with_cookie(&url, "-", 10, &cookie);
+    std::thread::sleep(Duration::from_millis(1500));
+    let at = revoke(&gw, json!({"session": sid}));
+    let r = client.join().unwrap();
+    assert_eq!(r["connected"], true, "{r}");
+    assert!(r["echoes"].as_u64().unwrap_or(0) >= 3, "{r}");
+    assert_eq!(r["closed"], true, "{r}");
+    let ended = r["ended_at"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        ended - at < BOUND,
+        "closed {:.3} s after: {r}\n{}",
+        ended - at,
+        gw.logs()
+    );
 }
 
 #[test]

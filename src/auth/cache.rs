@@ -34,7 +34,17 @@ pub struct SessionCache {
     tracking: AtomicBool,
     prefix: String,
     pub ttl: Duration,
+    /// While running streams are authenticated by session (`streams.rs`):
+    /// the sessions invalidated since the last sweep, which may have been
+    /// destroyed. `None` inside: too many, or everything was invalidated.
+    changed: std::sync::Mutex<Option<Vec<String>>>,
+    /// Whether `changed` is being kept (the sweeper sets it).
+    pub watching: AtomicBool,
 }
+
+/// Most invalidated sessions kept between two sweeps: past it, every
+/// watched session is checked.
+const CHANGED_CAP: usize = 10_000;
 
 impl SessionCache {
     pub fn new(capacity: usize, ttl: Duration, prefix: String) -> SessionCache {
@@ -44,6 +54,33 @@ impl SessionCache {
             tracking: AtomicBool::new(false),
             prefix,
             ttl,
+            changed: std::sync::Mutex::new(Some(Vec::new())),
+            watching: AtomicBool::new(false),
+        }
+    }
+
+    /// The sessions invalidated since the last call (`None`: any may have
+    /// been), while [`SessionCache::watching`] is set.
+    pub fn take_changed(&self) -> Option<Vec<String>> {
+        let mut c = self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.replace(Vec::new())
+    }
+
+    fn note_changed(&self, sid: Option<&str>) {
+        if !self.watching.load(Ordering::Acquire) {
+            return;
+        }
+        let mut c = self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (c.as_mut(), sid) {
+            (Some(v), Some(s)) if v.len() < CHANGED_CAP => v.push(s.to_string()),
+            (Some(_), _) => *c = None,
+            (None, _) => {}
         }
     }
 
@@ -83,10 +120,14 @@ impl SessionCache {
             Some(sid) => {
                 if let Ok(sid) = std::str::from_utf8(sid) {
                     self.map.remove(sid);
+                    self.note_changed(Some(sid));
                 }
             }
             None if key.is_some() => {}
-            None => self.map.clear(),
+            None => {
+                self.map.clear();
+                self.note_changed(None);
+            }
         }
     }
 
@@ -258,6 +299,7 @@ mod tests {
                 claims: Arc::new(Default::default()),
                 jti: None,
                 iat: None,
+                session: None,
                 expires_at: None,
                 rendered: Default::default(),
             }),

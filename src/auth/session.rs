@@ -209,6 +209,7 @@ pub fn parse_session(json: &str, s: &SessionSettings) -> Result<ParsedSession, R
             claims: Arc::new(map),
             jti: None,
             iat: None,
+            session: None,
             expires_at: None,
             rendered: Default::default(),
         },
@@ -253,7 +254,8 @@ pub async fn authenticate(
                     return Err(Reason::StoreUnavailable);
                 }
             };
-            let parsed = parse_session(&rec.json, s)?;
+            let mut parsed = parse_session(&rec.json, s)?;
+            parsed.identity.session = Some(Arc::from(sid.as_str()));
             let mut life = cache.ttl;
             if let Some(ttl) = rec.ttl_ms {
                 life = life.min(Duration::from_millis(ttl));

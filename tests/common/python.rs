@@ -145,16 +145,30 @@ pub fn ws_client_async(
     token: &str,
     seconds: u32,
 ) -> std::thread::JoinHandle<serde_json::Value> {
-    let (url, token) = (url.to_string(), token.to_string());
+    ws_client_with_cookie(url, token, seconds, "")
+}
+
+/// [`ws_client_async`] with a `Cookie` header too (`token` "-": no
+/// `Authorization`).
+pub fn ws_client_with_cookie(
+    url: &str,
+    token: &str,
+    seconds: u32,
+    cookie: &str,
+) -> std::thread::JoinHandle<serde_json::Value> {
+    let mut args = vec![
+        script("ws.py"),
+        "call".into(),
+        url.to_string(),
+        token.to_string(),
+        seconds.to_string(),
+    ];
+    if !cookie.is_empty() {
+        args.push(cookie.to_string());
+    }
     std::thread::spawn(move || {
         let out = Command::new(python())
-            .args([
-                script("ws.py").as_str(),
-                "call",
-                &url,
-                &token,
-                &seconds.to_string(),
-            ])
+            .args(&args)
             .output()
             .expect("run the websockets client");
         json_of("ws.py", out)

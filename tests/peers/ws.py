@@ -4,8 +4,9 @@ tests/streams.rs.
   ws.py serve PORT
       An echo server on 127.0.0.1:PORT; prints "ready" once listening.
 
-  ws.py call URL TOKEN SECONDS
-      Connects to URL with `Authorization: Bearer TOKEN`, sends "m<N>" every
+  ws.py call URL TOKEN SECONDS [COOKIE]
+      Connects to URL with `Authorization: Bearer TOKEN` (none when TOKEN is
+      "-") and `Cookie: COOKIE` (when given), sends "m<N>" every
       100 ms for at most SECONDS and reads the echoes; prints one JSON line:
       {"connected": bool, "echoes": n, "closed": bool, "ended_at": unix seconds,
        "error": text}
@@ -32,12 +33,15 @@ async def serve(port):
         await asyncio.Future()
 
 
-async def call(url, token, seconds):
+async def call(url, token, seconds, cookie):
     out = {"connected": False, "echoes": 0, "closed": False, "error": ""}
+    headers = {}
+    if token != "-":
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = cookie
     try:
-        async with websockets.connect(
-            url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=5
-        ) as ws:
+        async with websockets.connect(url, additional_headers=headers, open_timeout=5) as ws:
             out["connected"] = True
             deadline = time.monotonic() + seconds
             n = 0
@@ -60,7 +64,8 @@ def main():
     if sys.argv[1] == "serve":
         asyncio.run(serve(int(sys.argv[2])))
     else:
-        asyncio.run(call(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+        cookie = sys.argv[5] if len(sys.argv) > 5 else None
+        asyncio.run(call(sys.argv[2], sys.argv[3], float(sys.argv[4]), cookie))
 
 
 if __name__ == "__main__":
