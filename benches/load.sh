@@ -690,7 +690,7 @@ stop_pid "$PID_REDIS"
 # --- fixed rate: latency added by authentication ----------------------------
 FIXED=$WORK/fixed
 : >"$FIXED"
-declare -A FX_P50 FX_P99 FX_RATE FX_ALL_P50 FX_ALL_P99
+declare -A FX_P50=() FX_P99=() FX_RATE=() FX_ALL_P50=() FX_ALL_P99=()
 # The value of KEY in the rate client's `key=value ...` line.
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 # Each call adds a round for KEY: the row's p50/p99 are the medians over its
@@ -719,7 +719,7 @@ fixed() { # KEY LABEL ADDR PATH RATE [TOKENS [KIND]]
 # of the host lands on both, and p99(JWT) - p99(pass-through) in the same
 # window is what authentication adds. Each round's difference is kept; the
 # row shows their median and range.
-declare -A PR_DIFF PR_JWT PR_PASS
+declare -A PR_DIFF=() PR_JWT=() PR_PASS=()
 pair_fixed() { # ALG ADDR RATE
   local a=$1 addr=$2 rate=$3 out p99 pp99 non200
   log "fixed rate $rate/s, paired: authgate $a pool / pass-through"

@@ -14,7 +14,9 @@
 //!   (RST_STREAM), a header block over `max_header_bytes` (431), a rapid
 //!   reset flood (GOAWAY ENHANCE_YOUR_CALM), a SETTINGS flood (closed),
 //!   more streams than `MAX_CONCURRENT_STREAMS` (REFUSED_STREAM); after
-//!   each, the gateway still answers.
+//!   each, the gateway still answers. A client that opens HTTP/2 (ALPN
+//!   `h2`, or part of the h2c preface) and then stalls is disconnected
+//!   after `request_header_timeout`.
 
 mod common;
 
@@ -469,4 +471,37 @@ fn hostile_http2_input_gets_clear_refusals_and_never_a_crash() {
     assert!(r["refused"].as_u64().unwrap_or(0) >= 190, "{r}");
     still_serving(&gw, "a stream flood");
     assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+}
+
+/// HTTP/2's slowloris: the connection preface never completes. Over TLS
+/// (ALPN `h2`, nothing sent) and in h2c (half the preface sent), the
+/// gateway closes the connection after `request_header_timeout` (1 s here).
+#[test]
+fn a_stalled_http2_opening_is_cut_after_the_head_timeout() {
+    let pki = Pki::new("h2-stall");
+    let (cert, key) = pki.server_cert("localhost", &["DNS:localhost", "IP:127.0.0.1"]);
+    for (tls, mode, bytes) in [
+        (true, "tls", "0"),
+        (false, "h2c", "12"),
+        (false, "h2c", "24"),
+    ] {
+        let toml = GatewayConfig::base()
+            .server("request_header_timeout = \"1s\"")
+            .server(if tls { "" } else { "h2c = true" });
+        let toml = if tls {
+            toml.tls(&cert.display().to_string(), &key.display().to_string())
+        } else {
+            toml
+        };
+        let (gw, _up) = Gateway::with_upstream(&toml.toml(), &[HS_ENV]);
+        let r = h2_raw(&gw.proxy_addr, &["stall", bytes, mode]);
+        if tls {
+            assert_eq!(r["alpn"], "h2", "{r}");
+        }
+        let after = r["closed_after"].as_f64();
+        assert!(
+            after.is_some_and(|s| (0.5..5.0).contains(&s)),
+            "{mode} with {bytes} preface bytes: {r}"
+        );
+    }
 }

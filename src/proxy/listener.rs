@@ -13,6 +13,7 @@
 
 use crate::denial::Reason;
 use crate::proxy::direct::{self, Direct};
+use crate::proxy::preface::Preface;
 use crate::proxy::respond::refuse;
 use crate::runtime::HeadLimits;
 use crate::state::State;
@@ -240,11 +241,15 @@ where
         // pipeline; the head guard is HTTP/1's (h2 has its own limits:
         // the server's h2 settings).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let stream: Stream = Box::new(Preface::new(stream, self.limits.timeout));
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         if stream.get_ssl_digest().is_none() && self.state.runtime().server.h2c {
             match sniff_h2c(stream, self.limits, shutdown).await {
-                Sniffed::H2(s) => return ServerApp::process_new(&self.inner, s, shutdown).await,
+                Sniffed::H2(s) => {
+                    let s: Stream = Box::new(Preface::new(s, self.limits.timeout));
+                    return ServerApp::process_new(&self.inner, s, shutdown).await;
+                }
                 Sniffed::Http1(s) => stream = s,
                 Sniffed::Gone => return None,
             }

@@ -7,4 +7,5 @@
 pub mod direct;
 pub mod general;
 pub mod listener;
+pub mod preface;
 pub mod respond;

@@ -16,11 +16,18 @@ and prints one JSON line saying what the server did.
       Opens N streams on PATH at once, ignoring the server's
       MAX_CONCURRENT_STREAMS, and ends none of their bodies.
       -> {"refused": n, "goaway": code|null, "max_concurrent_streams": n}
+  h2_raw.py stall ADDR BYTES tls|h2c
+      Opens a connection (over TLS with ALPN h2, certificate unchecked, or
+      plain), sends the first BYTES bytes of the connection preface and then
+      nothing; waits up to 20 s for the server to close it.
+      -> {"alpn": "h2"|null, "closed_after": seconds|null}
 """
 
 import json
 import socket
+import ssl
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -99,8 +106,41 @@ def base(path, authority):
     return [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", authority)]
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def stall(addr, n, mode):
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    alpn = None
+    if mode == "tls":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+        alpn = s.selected_alpn_protocol()
+    s.sendall(PREFACE[:n])
+    start = time.monotonic()
+    s.settimeout(20)
+    closed = None
+    try:
+        while True:
+            data = s.recv(4096)
+            if not data:
+                closed = time.monotonic() - start
+                break
+    except (socket.timeout, ssl.SSLError, OSError) as e:
+        if not isinstance(e, socket.timeout):
+            closed = time.monotonic() - start
+    return {"alpn": alpn, "closed_after": closed}
+
+
 def main():
     cmd, addr = sys.argv[1], sys.argv[2]
+    if cmd == "stall":
+        print(json.dumps(stall(addr, int(sys.argv[3]), sys.argv[4])))
+        return
     if cmd == "request":
         path, authority = sys.argv[3], sys.argv[4]
         extra = [tuple(kv.split("=", 1)) for kv in sys.argv[5:]]
