@@ -3,7 +3,8 @@
 //! or subject is revoked, or whose token reaches its `exp`, ends with
 //! UNAUTHENTICATED and the reason as its message; a WebSocket (the
 //! `websockets` client and server) is closed the same way. With the
-//! route's `revalidate_streams = false` the stream runs on. The request log
+//! route's `revalidate_streams = false` the stream runs on. A plain HTTP/2
+//! stream is reset (or, before its answer started, refused with 401). The request log
 //! says why, and `authgate_streams_ended_total` counts them.
 
 mod common;
@@ -250,4 +251,118 @@ fn with_revalidate_streams_off_a_stream_runs_on_after_its_revocation() {
     // new calls are refused as always
     let r = python::grpc_call(&gw.proxy_addr, None, "Unary", &["--token", &t]);
     assert_eq!(r["code"], "UNAUTHENTICATED", "{r}");
+}
+
+/// An HTTP/1.1 upstream that answers every request with a chunked body,
+/// one chunk every 100 ms for 10 s (a server-sent stream).
+fn ticking_upstream() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for i in 0..100 {
+                    let line = format!("data: tick {i}\n\n");
+                    let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                    if s.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+/// `curl --http2-prior-knowledge` in the background: (exit code, body,
+/// unix time it ended).
+fn curl_h2_async(url: &str, token: &str) -> std::thread::JoinHandle<(i32, String, f64)> {
+    let (url, auth) = (url.to_string(), format!("Authorization: Bearer {token}"));
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-N",
+                "--max-time",
+                "15",
+                "--http2-prior-knowledge",
+                "-H",
+                &auth,
+                &url,
+            ])
+            .output()
+            .expect("run curl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            unix_now(),
+        )
+    })
+}
+
+fn h2_config(sse: &str, slow: &str) -> String {
+    GatewayConfig::new()
+        .server("h2c = true")
+        .upstream("sse", &[sse])
+        .upstream_with("slow", &[slow], "read_timeout = \"30s\"")
+        .hs_issuer()
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .route("name = \"sse\"\npath_prefix = \"/sse/\"\nupstream = \"sse\"\nauth = \"jwt\"\nissuers = [\"hs\"]")
+        .route("name = \"slow\"\npath_prefix = \"/slow/\"\nupstream = \"slow\"\nauth = \"jwt\"\nissuers = [\"hs\"]")
+        .toml()
+}
+
+/// A plain HTTP/2 stream (not gRPC): its answer has started, so it is
+/// reset (curl: "stream error", exit 92) within 1 s of the revocation.
+#[test]
+fn an_http2_stream_is_reset_within_a_second_of_its_revocation() {
+    let slow = common::ops::SlowUpstream::start(Duration::from_secs(10));
+    let gw = Gateway::start(&h2_config(&ticking_upstream(), &slow.addr), &env());
+    let t = hs_token(&hs_claims("gina", json!({"jti": "sse-1"})));
+    let call = curl_h2_async(&format!("http://{}/sse/events", gw.proxy_addr), &t);
+    std::thread::sleep(Duration::from_millis(800));
+    let exp = token_part(&t, 1)["exp"].as_i64().unwrap();
+    let at = revoke(&gw, json!({"jti": "sse-1", "exp": exp}));
+    let (code, body, ended) = call.join().unwrap();
+    assert_eq!(code, 92, "curl should see the stream reset: {code} {body}");
+    assert!(body.matches("data: tick").count() >= 3, "{body}");
+    assert!(ended - at < BOUND, "reset {:.3} s after", ended - at);
+}
+
+/// A stream whose answer has not started (the upstream still thinking)
+/// gets the refusal a request refused at its start gets: 401 `revoked`.
+#[test]
+fn a_waiting_http2_stream_gets_a_401_within_a_second_of_its_revocation() {
+    let slow = common::ops::SlowUpstream::start(Duration::from_secs(10));
+    let gw = Gateway::start(&h2_config(&ticking_upstream(), &slow.addr), &env());
+    let t = hs_token(&hs_claims("hank", json!({"jti": "slow-1"})));
+    let call = curl_h2_async(&format!("http://{}/slow/x", gw.proxy_addr), &t);
+    let arrived = poll_until(Duration::from_secs(5), || {
+        (slow.arrived() == 1).then_some(())
+    });
+    assert!(arrived.is_some(), "the request never reached the upstream");
+    let exp = token_part(&t, 1)["exp"].as_i64().unwrap();
+    let at = revoke(&gw, json!({"jti": "slow-1", "exp": exp}));
+    let (code, body, ended) = call.join().unwrap();
+    assert_eq!(code, 0, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        v,
+        json!({"error": "invalid_token", "reason": "revoked"}),
+        "{body}"
+    );
+    assert!(ended - at < BOUND, "answered {:.3} s after", ended - at);
+    assert_eq!(slow.answered(), 0);
 }
