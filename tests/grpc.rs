@@ -142,17 +142,8 @@ fn grpc_calls_pass_with_identity_metadata_and_refusals_are_grpc_statuses() {
 
     // revoked: the admin revokes alice's jti
     let exp = token_part(&alice, 1)["exp"].as_i64().unwrap();
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let rv = request(
-        &gw.admin_addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        json!({"jti": "g1", "exp": exp}).to_string().as_bytes(),
-    );
+    let body = json!({"jti": "g1", "exp": exp}).to_string();
+    let rv = gw.admin_post("/admin/revoke", ADMIN_TOKEN, &body);
     assert_eq!(rv.status, 200, "{}", rv.text());
     let r = grpc_call(addr, "Unary", &["--token", &alice]);
     assert_status(&r, "UNAUTHENTICATED", "revoked");

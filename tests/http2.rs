@@ -308,19 +308,8 @@ fn tokens() -> (String, String, String, String, String) {
 
 fn revoke(gw: &Gateway, token: &str) {
     let exp = token_part(token, 1)["exp"].as_i64().unwrap_or(0);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = request(
-        &gw.admin_addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        json!({"jti": "h2-revoked", "exp": exp})
-            .to_string()
-            .as_bytes(),
-    );
+    let body = json!({"jti": "h2-revoked", "exp": exp}).to_string();
+    let r = gw.admin_post("/admin/revoke", ADMIN_TOKEN, &body);
     assert_eq!(r.status, 200, "{}", r.text());
 }
 

@@ -591,17 +591,7 @@ fn tok(sub: &str, jti: &str) -> String {
 }
 
 fn revoke(gw: &Gateway, body: &Value) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    request(
-        &gw.admin_addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
+    gw.admin_post("/admin/revoke", ADMIN_TOKEN, &body.to_string())
 }
 
 #[track_caller]

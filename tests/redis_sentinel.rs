@@ -93,17 +93,7 @@ fn exp_of(token: &str) -> i64 {
 }
 
 fn revoke(gw: &Gateway, body: &Value) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    request(
-        &gw.admin_addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
+    gw.admin_post("/admin/revoke", ADMIN_TOKEN, &body.to_string())
 }
 
 fn revoked(r: &Response) -> bool {

@@ -61,17 +61,7 @@ fn unix_now() -> f64 {
 
 /// Revokes over the admin API; the unix time it was acknowledged.
 fn revoke(gw: &Gateway, body: Value) -> f64 {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = request(
-        &gw.admin_addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    );
+    let r = gw.admin_post("/admin/revoke", ADMIN_TOKEN, &body.to_string());
     assert_eq!(r.status, 200, "revoke {body}: {}", r.text());
     unix_now()
 }
