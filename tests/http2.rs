@@ -11,7 +11,7 @@
 //!   both `direct_path` settings.
 //! - Every case of the differential corpus (tests/reference/corpus.rs) that
 //!   an HTTP/2 client can express (one well-formed request, origin-form
-//!   target, no HTTP/1 framing or connection fields: 43 of 82) goes over
+//!   target, no HTTP/1 framing or connection fields: 46 of 85) goes over
 //!   HTTP/1.1 and h2c with the same result; the one accepted difference is
 //!   a refusal's form (HTTP/1.1's 400, HTTP/2's RST_STREAM for a request
 //!   pingora finds malformed, such as an empty `:authority`).

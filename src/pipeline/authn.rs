@@ -62,7 +62,7 @@ impl Pipeline {
                     ctx.reason = reason;
                     let location =
                         login_location(route.login_redirect.as_deref().unwrap_or("/"), &req.uri);
-                    return Next::Respond(Answer::redirect(location, has_body(&req.headers)));
+                    return ctx.respond(Answer::redirect(location, has_body(&req.headers)));
                 }
                 ctx.deny(reason, has_body(&req.headers))
             }

@@ -85,7 +85,7 @@ impl Pipeline {
                         .inc();
                     let retry = ratelimit::retry_after_secs(&d).to_string();
                     ctx.reason = Reason::RateLimited;
-                    return Next::Respond(Answer::deny(
+                    return ctx.respond(Answer::deny(
                         Reason::RateLimited,
                         vec![
                             ("Retry-After", Cow::Owned(retry)),

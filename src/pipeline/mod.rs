@@ -170,8 +170,10 @@ impl Ctx {
 
     /// The answer as this request's client reads it: a gRPC request gets
     /// every refusal as a gRPC status ([`Answer::grpc`]), recorded for the
-    /// log and metrics. Every transport passes its answers through here.
-    pub fn shape(&mut self, answer: Answer) -> Answer {
+    /// log and metrics. Every answer the pipeline or a transport gets from
+    /// `Ctx` comes through here ([`Ctx::respond`], [`Ctx::refuse`],
+    /// [`Ctx::upstream_error`], [`Ctx::error`]), so no transport shapes one.
+    fn shape(&mut self, answer: Answer) -> Answer {
         if !self.grpc || answer.status == 200 {
             return answer;
         }
@@ -200,7 +202,12 @@ impl Ctx {
     /// metrics). `close`: the request may still have a body on the wire.
     fn deny(&mut self, reason: Reason, close: bool) -> Next {
         self.reason = reason;
-        Next::Respond(Answer::deny(reason, Vec::new(), close))
+        self.respond(Answer::deny(reason, Vec::new(), close))
+    }
+
+    /// Ends the request with `answer`, as the client reads it ([`Ctx::shape`]).
+    fn respond(&mut self, answer: Answer) -> Next {
+        Next::Respond(self.shape(answer))
     }
 
     /// The matched route, in this request's config snapshot.
@@ -279,13 +286,19 @@ impl Ctx {
     /// The upstream failed before answering: the 502 denial.
     pub fn upstream_error(&mut self) -> Answer {
         self.reason = Reason::UpstreamError;
-        Answer::deny(Reason::UpstreamError, Vec::new(), true)
+        self.shape(Answer::deny(Reason::UpstreamError, Vec::new(), true))
     }
 
     /// A denial decided by the transport (a body that could not be read).
     pub fn refuse(&mut self, reason: Reason, close: bool) -> Answer {
         self.reason = reason;
-        Answer::deny(reason, Vec::new(), close)
+        self.shape(Answer::deny(reason, Vec::new(), close))
+    }
+
+    /// An error status without a contract reason (a client fault or an
+    /// internal error found by the transport): [`Answer::error`].
+    pub fn error(&mut self, status: u16) -> Answer {
+        self.shape(Answer::error(status))
     }
 }
 

@@ -53,7 +53,7 @@ impl Pipeline {
             ctx.reason = Reason::Ok;
             ctx.builtin = Some("assertion_jwks");
             let answer = Answer::json(200, Bytes::from(a.jwks.clone()), "public, max-age=300");
-            return Next::Respond(answer);
+            return ctx.respond(answer);
         }
         // Framing a backend could read otherwise than the gateway: two
         // `Content-Length` lines (even equal), or one beside a

@@ -4,7 +4,7 @@
 //! watcher) and retries; each phase here calls one pipeline step and
 //! nothing else.
 
-use crate::denial::{Answer, Reason};
+use crate::denial::Reason;
 use crate::identity;
 use crate::pipeline::{has_body, Ctx, HeaderSink, Next, Pipeline};
 use crate::proxy::respond;
@@ -63,7 +63,6 @@ fn stream_ended(reason: Reason) -> &'static str {
 async fn end_stream(session: &mut Session, reason: Reason, ctx: &mut Ctx) -> FailToProxy {
     if session.response_written().is_none() {
         let answer = ctx.refuse(reason, true);
-        let answer = ctx.shape(answer);
         let _ = respond::send(session, answer).await;
     } else if ctx.is_grpc() {
         if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
@@ -210,7 +209,6 @@ impl ProxyHttp for General {
         let req = session.req_header();
         let p = &self.pipeline;
         if let Next::Respond(answer) = p.route(req, req.raw_path(), peer, rt, ctx) {
-            let answer = ctx.shape(answer);
             return respond::send(session, answer).await;
         }
         let body = match ctx.needs_body() {
@@ -219,7 +217,6 @@ impl ProxyHttp for General {
                 Err(reason) => {
                     let close = has_body(&session.req_header().headers);
                     let answer = ctx.refuse(reason, close);
-                    let answer = ctx.shape(answer);
                     return respond::send(session, answer).await;
                 }
             },
@@ -227,10 +224,7 @@ impl ProxyHttp for General {
         };
         match p.admit(session.req_header(), body.as_ref(), ctx).await {
             Next::Forward => Ok(false),
-            Next::Respond(answer) => {
-                let answer = ctx.shape(answer);
-                respond::send(session, answer).await
-            }
+            Next::Respond(answer) => respond::send(session, answer).await,
         }
     }
 
@@ -390,10 +384,9 @@ impl ProxyHttp for General {
         }
         if code == 502 {
             let answer = ctx.upstream_error();
-            let answer = ctx.shape(answer);
             let _ = respond::send(session, answer).await;
         } else if code > 0 && ctx.is_grpc() {
-            let answer = ctx.shape(Answer::error(code));
+            let answer = ctx.error(code);
             let _ = respond::send(session, answer).await;
         } else if code > 0 {
             respond::send_error(session, code).await;

@@ -72,7 +72,7 @@ pub async fn send(session: &mut Session, answer: Answer) -> Result<bool> {
 
 /// pingora's own answer for an error status without a contract reason
 /// (a client fault, an internal error) on the general path; the direct
-/// transport writes the same fields from [`Answer::error`].
+/// transport writes the same fields from `Ctx::error`.
 pub async fn send_error(session: &mut Session, status: u16) {
     let _ = session.respond_error(status).await;
 }

@@ -115,6 +115,26 @@ pub fn cases() -> Vec<Case> {
         case("get-open-query", Length, [get("/open/x?a=1&b=%20c", "")]),
         case("get-api-no-token", Length, [get("/api/x", "")]),
         case("get-api-token", Length, [get("/api/x?q=1", tok)]),
+        // gRPC refusals are gRPC statuses (HTTP 200, trailers-only) on
+        // both transports; a forwarded one is the upstream's
+        case(
+            "grpc-api-no-token",
+            Length,
+            [get("/api/x", "Content-Type: application/grpc\r\n")],
+        ),
+        case(
+            "grpc-api-bad-token",
+            Length,
+            [get(
+                "/api/x",
+                "Content-Type: application/grpc+proto\r\nAuthorization: Bearer not.a.token\r\n",
+            )],
+        ),
+        case(
+            "grpc-open",
+            Length,
+            [get("/open/x", "Content-Type: application/grpc\r\n")],
+        ),
         case("head-api-no-token", Length, [rq("HEAD", "/api/x", "")]),
         case("head-api-token", Length, [rq("HEAD", "/api/x", tok)]),
         case(

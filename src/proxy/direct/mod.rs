@@ -28,7 +28,6 @@ mod response;
 pub use chunked::chunked_end;
 pub use request::{parse, Parsed};
 
-use crate::denial::Answer;
 use crate::pipeline::{Ctx, Next, Pipeline};
 use crate::proxy::respond::{self, answer_bytes, write_out};
 use crate::ratelimit::BodyPrefix;
@@ -84,7 +83,6 @@ impl Direct {
         let head_only = req.parts.method == Method::HEAD;
         let (status, error, keep) = match verdict {
             Next::Respond(answer) => {
-                let answer = ctx.shape(answer);
                 let keep = keep_client && !answer.close;
                 answer_bytes(&mut bufs.out, &answer, head_only, keep);
                 let sent = write_out(&mut client, &bufs.out).await.is_ok();
@@ -104,14 +102,13 @@ impl Direct {
                     let status = match code {
                         502 => {
                             let answer = ctx.upstream_error();
-                            let answer = ctx.shape(answer);
                             answer_bytes(&mut bufs.out, &answer, head_only, false);
                             let _ = write_out(&mut client, &bufs.out).await;
                             502
                         }
                         0 => 0,
                         code => {
-                            let answer = ctx.shape(Answer::error(code));
+                            let answer = ctx.error(code);
                             answer_bytes(&mut bufs.out, &answer, head_only, false);
                             let _ = write_out(&mut client, &bufs.out).await;
                             code
