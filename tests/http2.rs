@@ -640,3 +640,20 @@ fn the_differential_corpus_gets_the_same_answers_over_http2() {
         .collect();
     assert!(statuses.contains(&401) && statuses.contains(&200) && statuses.contains(&400));
 }
+
+/// `[server] h2c` is off by default: a plain listener does not speak
+/// HTTP/2 with prior knowledge (the preface is a malformed HTTP/1.1 head),
+/// and nothing reaches the upstream.
+#[test]
+fn without_h2c_a_plain_listener_does_not_speak_http2() {
+    let (gw, up) = Gateway::with_upstream(&GatewayConfig::base().toml(), &[HS_ENV]);
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{}/api/x", gw.proxy_addr),
+    ]);
+    assert!(r.code != 0 || r.status == 400, "{r:?}");
+    assert_eq!(up.hits(), 0);
+    // HTTP/1.1 on the same listener is served
+    let r = curl(&["--http1.1", &format!("http://{}/api/x", gw.proxy_addr)]);
+    assert_eq!((r.code, r.status), (0, 401), "{r:?}");
+}
