@@ -40,9 +40,8 @@ pub struct Streams {
 
 /// One running stream.
 struct Watched {
+    /// The credential; its `expires_at` is when the stream must end.
     identity: Arc<Identity>,
-    /// Unix seconds from which the credential no longer passes.
-    expires_at: Option<i64>,
     /// The upstream socket while the stream may still be ended, and why it
     /// was ended once it was.
     socket: Mutex<Socket>,
@@ -64,16 +63,10 @@ pub struct Watch {
 impl Streams {
     /// Registers a stream whose upstream socket is `socket` (a duplicate
     /// of the proxy's descriptor).
-    pub fn watch(
-        self: &Arc<Self>,
-        identity: Arc<Identity>,
-        expires_at: Option<i64>,
-        socket: TcpStream,
-    ) -> Watch {
+    pub fn watch(self: &Arc<Self>, identity: Arc<Identity>, socket: TcpStream) -> Watch {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let watched = Arc::new(Watched {
             identity,
-            expires_at,
             socket: Mutex::new(Socket::Open(socket)),
         });
         self.live
@@ -122,7 +115,7 @@ impl Streams {
             .collect();
         let mut ended = 0;
         for w in live {
-            let reason = if w.expires_at.is_some_and(|e| now >= e) {
+            let reason = if w.identity.expires_at.is_some_and(|e| now >= e) {
                 Reason::Expired
             } else if revoked(&w.identity) {
                 Reason::Revoked
@@ -186,11 +179,14 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
+    /// A token's identity with `jti`, expiring at unix second 2,000.
     fn identity(jti: &str) -> Arc<Identity> {
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), "alice".into());
         claims.insert("jti".into(), jti.into());
-        Arc::new(Identity::from_jwt("hs".into(), claims, &[]))
+        let mut id = Identity::from_jwt("hs".into(), claims, &[]);
+        id.expires_at = Some(2_000);
+        Arc::new(id)
     }
 
     fn pair() -> (TcpStream, TcpStream) {
@@ -206,7 +202,7 @@ mod tests {
         // `watch` gets a duplicate, as from the proxy's descriptor; the
         // original stays open, as the proxy's does
         let (ours, mut theirs) = pair();
-        let w = streams.watch(identity("j1"), Some(2_000), ours.try_clone().unwrap());
+        let w = streams.watch(identity("j1"), ours.try_clone().unwrap());
         assert_eq!(streams.len(), 1);
         assert_eq!(streams.sweep(1_000, |_| false), 0);
         assert_eq!(w.ended(), None);
@@ -224,14 +220,14 @@ mod tests {
         assert!(streams.is_empty());
 
         let (ours, mut theirs) = pair();
-        let w = streams.watch(identity("j2"), Some(2_000), ours.try_clone().unwrap());
+        let w = streams.watch(identity("j2"), ours.try_clone().unwrap());
         assert_eq!(streams.sweep(2_000, |_| false), 1);
         assert_eq!(w.ended(), Some(Reason::Expired));
         assert_eq!(theirs.read(&mut buf).unwrap(), 0);
 
         // finished: the connection is left alone whatever happens after
         let (ours, mut theirs) = pair();
-        let w = streams.watch(identity("j3"), Some(2_000), ours.try_clone().unwrap());
+        let w = streams.watch(identity("j3"), ours.try_clone().unwrap());
         w.finish();
         assert_eq!(streams.sweep(9_000, |_| true), 0);
         assert_eq!(w.ended(), None);

@@ -347,10 +347,14 @@ impl StreamSweeper {
         let started = !cache.watching.swap(true, Ordering::AcqRel);
         let changed = cache.take_changed();
         let check: Vec<&Arc<str>> = match changed {
-            Some(c) if !started => sessions
-                .iter()
-                .filter(|s| c.iter().any(|x| x.as_str() == &***s))
-                .collect(),
+            Some(c) if !started => {
+                let changed: std::collections::HashSet<&str> =
+                    c.iter().map(String::as_str).collect();
+                sessions
+                    .iter()
+                    .filter(|s| changed.contains(&***s))
+                    .collect()
+            }
             _ => sessions.iter().collect(),
         };
         let Some(prefix) = self

@@ -148,8 +148,7 @@ impl Ctx {
             return;
         };
         if let Some(s) = socket() {
-            let expires_at = identity.expires_at;
-            self.watch = Some(streams.watch(identity, expires_at, s));
+            self.watch = Some(streams.watch(identity, s));
         }
     }
 
