@@ -43,20 +43,13 @@ fn config(grpc_addr: &str, tls: Option<(&Path, &Path)>) -> String {
         )
         .hs_issuer()
         .admin_token_env("AUTHGATE_ADMIN_TOKEN")
-        .route(
-            r#"name = "grpc"
-path_prefix = "/authgate.test.Echo/"
-upstream = "grpc"
-auth = "jwt"
-issuers = ["hs"]"#,
-        )
-        .route(
-            r#"name = "admin-only"
-path_prefix = "/authgate.test.Admin/"
-upstream = "grpc"
-auth = "jwt"
-issuers = ["hs"]
-require = { roles = ["admin"] }"#,
+        .jwt_route_to("grpc", "/authgate.test.Echo/", "grpc", &["hs"], "")
+        .jwt_route_to(
+            "admin-only",
+            "/authgate.test.Admin/",
+            "grpc",
+            &["hs"],
+            "require = { roles = [\"admin\"] }",
         )
         .route(
             r#"name = "limited"
@@ -77,7 +70,7 @@ upstream = "down"
 auth = "none""#,
         );
     if let Some((cert, key)) = tls {
-        c = c.tls(&cert.display().to_string(), &key.display().to_string());
+        c = c.tls_files(cert, key);
     }
     c.toml()
 }

@@ -35,26 +35,26 @@ use std::process::Command;
 
 const ADMIN_TOKEN: &str = "http2-admin-token-0123456789abcdef";
 
-fn config(direct: bool, tls: Option<(&Path, &Path)>) -> String {
-    let mut c = GatewayConfig::base()
-        .direct_path(direct)
-        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
-        .route(
-            r#"name = "admin"
-path_prefix = "/admin-api/"
-upstream = "app"
-auth = "jwt"
-issuers = ["hs"]
-require = { roles = ["admin"] }"#,
-        )
-        .route(
-            r#"name = "host"
+/// A JWT route for every path of host `admin.local` (`{name}`: its name).
+const ADMIN_HOST_ROUTE: &str = r#"name = "{name}"
 host = "admin.local"
 path_prefix = "/"
 upstream = "app"
 auth = "jwt"
-issuers = ["hs"]"#,
+issuers = ["hs"]"#;
+
+fn config(direct: bool, tls: Option<(&Path, &Path)>) -> String {
+    let mut c = GatewayConfig::base()
+        .direct_path(direct)
+        .admin_token_env("AUTHGATE_ADMIN_TOKEN")
+        .jwt_route_to(
+            "admin",
+            "/admin-api/",
+            "app",
+            &["hs"],
+            "require = { roles = [\"admin\"] }",
         )
+        .route(&ADMIN_HOST_ROUTE.replace("{name}", "host"))
         .route(
             r#"name = "open"
 path_prefix = "/open/"
@@ -76,7 +76,7 @@ count = "all""#,
         );
     match tls {
         Some((cert, key)) => {
-            c = c.tls(&cert.display().to_string(), &key.display().to_string());
+            c = c.tls_files(cert, key);
         }
         None => c = c.server("h2c = true"),
     }
@@ -496,7 +496,7 @@ fn a_stalled_http2_opening_is_cut_after_the_head_timeout() {
             .server("request_header_timeout = \"1s\"")
             .server(if tls { "" } else { "h2c = true" });
         let toml = if tls {
-            toml.tls(&cert.display().to_string(), &key.display().to_string())
+            toml.tls_files(&cert, &key)
         } else {
             toml
         };
@@ -577,20 +577,9 @@ fn corpus_config() -> String {
     GatewayConfig::new()
         .server("h2c = true")
         .upstream("app", &["{upstream}"])
-        .issuer(
-            "hs",
-            "issuer = \"https://hs.test\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\n\
-             secret_env = \"TEST_HS_SECRET\"\nleeway = \"30s\"",
-        )
+        .hs_issuer()
         .jwt_route("api", "/api/", &["hs"])
-        .route(
-            r#"name = "admin"
-host = "admin.local"
-path_prefix = "/"
-upstream = "app"
-auth = "jwt"
-issuers = ["hs"]"#,
-        )
+        .route(&ADMIN_HOST_ROUTE.replace("{name}", "admin"))
         .route(
             r#"name = "open"
 path_prefix = "/"

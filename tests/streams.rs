@@ -39,13 +39,7 @@ auth = "jwt"
 issuers = ["hs", "short"]
 revalidate_streams = {revalidate}"#
         ))
-        .route(
-            r#"name = "ws"
-path_prefix = "/ws/"
-upstream = "ws"
-auth = "jwt"
-issuers = ["hs"]"#,
-        )
+        .jwt_route_to("ws", "/ws/", "ws", &["hs"], "")
         .toml()
 }
 
@@ -309,8 +303,8 @@ fn h2_config(sse: &str, slow: &str) -> String {
         .upstream_with("slow", &[slow], "read_timeout = \"30s\"")
         .hs_issuer()
         .admin_token_env("AUTHGATE_ADMIN_TOKEN")
-        .route("name = \"sse\"\npath_prefix = \"/sse/\"\nupstream = \"sse\"\nauth = \"jwt\"\nissuers = [\"hs\"]")
-        .route("name = \"slow\"\npath_prefix = \"/slow/\"\nupstream = \"slow\"\nauth = \"jwt\"\nissuers = [\"hs\"]")
+        .jwt_route_to("sse", "/sse/", "sse", &["hs"], "")
+        .jwt_route_to("slow", "/slow/", "slow", &["hs"], "")
         .toml()
 }
 

@@ -13,9 +13,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn tls_config(cert: &Path, key: &Path) -> String {
-    GatewayConfig::base()
-        .tls(&cert.display().to_string(), &key.display().to_string())
-        .toml()
+    GatewayConfig::base().tls_files(cert, key).toml()
 }
 
 fn port_of(addr: &str) -> &str {

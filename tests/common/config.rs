@@ -110,6 +110,11 @@ impl GatewayConfig {
         self.server(&format!("trusted_proxies = [{}]", quoted(cidrs)))
     }
 
+    /// [`GatewayConfig::tls`] from file paths.
+    pub fn tls_files(self, cert: &std::path::Path, key: &std::path::Path) -> GatewayConfig {
+        self.tls(&cert.display().to_string(), &key.display().to_string())
+    }
+
     /// `tls = { cert_file, key_file }` in `[server]` (HTTPS on the proxy listener).
     pub fn tls(self, cert: &str, key: &str) -> GatewayConfig {
         self.server(&format!(
@@ -205,9 +210,21 @@ impl GatewayConfig {
 
     /// A JWT route on upstream `app`: `name`, `path_prefix`, `issuers`.
     pub fn jwt_route(self, name: &str, prefix: &str, issuers: &[&str]) -> GatewayConfig {
+        self.jwt_route_to(name, prefix, "app", issuers, "")
+    }
+
+    /// A JWT route on `upstream`, with `more` raw lines (`require = ...`).
+    pub fn jwt_route_to(
+        self,
+        name: &str,
+        prefix: &str,
+        upstream: &str,
+        issuers: &[&str],
+        more: &str,
+    ) -> GatewayConfig {
         self.route(&format!(
-            "name = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"app\"\nauth = \"jwt\"\n\
-             issuers = [{}]",
+            "name = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n\
+             auth = \"jwt\"\nissuers = [{}]\n{more}",
             quoted(issuers)
         ))
     }
